@@ -1,0 +1,45 @@
+"""Artifact bookkeeping: config hashes that name directories, atomic file writes, completion markers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+PARTIAL_SUFFIX = ".partial"
+DONE_MARKER = ".done"
+
+
+def config_hash(config: Mapping[str, Any], length: int = 8) -> str:
+    """Short, stable hash of a JSON-serialisable mapping (key order does not matter)."""
+    blob = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def partial_path(path: Path) -> Path:
+    """The temporary name a file is written under before it is renamed into place."""
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` then rename `tmp` to `path`, so a kill never leaves a truncated `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(path)
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def is_done(directory: Path) -> bool:
+    return (directory / DONE_MARKER).exists()
+
+
+def mark_done(directory: Path, summary: Mapping[str, Any]) -> None:
+    """Write the completion marker of an artifact directory, with a small JSON summary inside."""
+    atomic_write_text(directory / DONE_MARKER, json.dumps(dict(summary), indent=2, default=str))

@@ -1,0 +1,92 @@
+"""FLUX from the Hugging Face hub (or a local copy), with preflight checks that fail fast and say what to do."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from flux158.errors import ModelUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HubFluxSpec:
+    """A diffusers-format FLUX pipeline: a hub repo id (e.g. `black-forest-labs/FLUX.1-dev`) or a local directory."""
+
+    pretrained: str
+    revision: str | None = None
+    gated: bool = False
+
+    @property
+    def is_local(self) -> bool:
+        return self.pretrained.startswith((".", "/", "~")) or Path(self.pretrained).expanduser().exists()
+
+
+def _how_to_get(spec: HubFluxSpec) -> str:
+    repo = spec.pretrained
+    licence = f"  1. accept the licence at https://huggingface.co/{repo} with your account,\n" if spec.gated else ""
+    return (
+        "To fix it, either\n"
+        f"{licence}"
+        f"  {'2' if spec.gated else '1'}. log in on this machine: `huggingface-cli login` (or `hf auth login`) "
+        "or set HF_TOKEN, and run where huggingface.co is reachable; or\n"
+        f"  - download it elsewhere (`huggingface-cli download {repo} --local-dir /path/to/{repo.split('/')[-1]}`), "
+        f"copy it here and pass model.pretrained=/path/to/{repo.split('/')[-1]}."
+    )
+
+
+def _cached_snapshot(spec: HubFluxSpec) -> str | None:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(spec.pretrained, revision=spec.revision, local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
+def resolve_pretrained(spec: HubFluxSpec) -> str:
+    """Check that the weights can be loaded before any work starts; return what to pass to `from_pretrained`.
+
+    Raises:
+        ModelUnavailableError: the local path lacks a pipeline, the repo is gated or unknown to this account, or
+            the hub is unreachable (or `HF_HUB_OFFLINE=1`) and the weights are not in the local cache.
+    """
+    if spec.is_local:
+        path = Path(spec.pretrained).expanduser()
+        if not (path / "model_index.json").exists():
+            raise ModelUnavailableError(
+                f"model.pretrained={spec.pretrained} is not a diffusers pipeline directory (no model_index.json)."
+            )
+        return str(path)
+
+    from huggingface_hub import auth_check
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if not offline:
+        try:
+            auth_check(spec.pretrained)
+            return spec.pretrained
+        except GatedRepoError:
+            raise ModelUnavailableError(
+                f"{spec.pretrained} is gated and this account has no access to it.\n{_how_to_get(spec)}"
+            ) from None
+        except RepositoryNotFoundError:
+            raise ModelUnavailableError(
+                f"{spec.pretrained} was not found on the hub, or it needs a login this machine does not have.\n"
+                f"{_how_to_get(spec)}"
+            ) from None
+        except Exception as e:  # network failures come as httpx/requests/OS errors depending on the backend
+            log.warning("The hub is unreachable (%s: %s); trying the local cache", type(e).__name__, e)
+    snapshot = _cached_snapshot(spec)
+    if snapshot is None:
+        hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+        raise ModelUnavailableError(
+            f"{spec.pretrained} is not in the local Hugging Face cache (HF_HOME={hf_home}) and the hub "
+            f"{'is disabled (HF_HUB_OFFLINE=1)' if offline else 'cannot be reached'}.\n{_how_to_get(spec)}"
+        )
+    return snapshot

@@ -1,0 +1,69 @@
+"""Load a `FluxPipeline` from a model spec (hub/local FLUX or the tiny offline model) onto a device."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import FluxPipeline, FluxTransformer2DModel
+
+from flux158.errors import ModelUnavailableError
+from flux158.models.hub import HubFluxSpec, resolve_pretrained
+from flux158.models.tiny import TinyFluxSpec, ensure_tiny_pipeline
+
+log = logging.getLogger(__name__)
+
+ModelSpec = HubFluxSpec | TinyFluxSpec
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    if name not in dtypes:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(dtypes)}")
+    return dtypes[name]
+
+
+def pipeline_source(spec: ModelSpec, cache_dir: Path) -> str:
+    """Where `FluxPipeline.from_pretrained` should read from; checks availability first (fails fast)."""
+    if isinstance(spec, TinyFluxSpec):
+        return str(ensure_tiny_pipeline(spec, cache_dir))
+    return resolve_pretrained(spec)
+
+
+def load_pipeline(
+    spec: ModelSpec,
+    *,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    cache_dir: Path,
+    transformer_path: Path | None = None,
+    cpu_offload: bool = False,
+) -> FluxPipeline:
+    """Load the pipeline, optionally replacing its transformer with one saved at `transformer_path`.
+
+    Args:
+        spec: which FLUX to load.
+        device: where to run.
+        dtype: weight/activation dtype (bfloat16 for FLUX.1-dev, as in the paper).
+        cache_dir: where the tiny model is built and cached.
+        transformer_path: a diffusers-format transformer directory (e.g. a quantized checkpoint) to use instead.
+        cpu_offload: keep idle components on the CPU (`enable_model_cpu_offload`) for GPUs with little memory.
+    """
+    source = pipeline_source(spec, cache_dir)
+    kwargs = {"revision": spec.revision} if isinstance(spec, HubFluxSpec) and spec.revision else {}
+    try:
+        if transformer_path is not None:
+            if not (Path(transformer_path) / "config.json").exists():
+                raise ModelUnavailableError(f"transformer override {transformer_path} has no config.json")
+            kwargs["transformer"] = FluxTransformer2DModel.from_pretrained(transformer_path, dtype=dtype)
+        pipe = FluxPipeline.from_pretrained(source, dtype=dtype, **kwargs)
+    except OSError as e:  # missing or partially downloaded files
+        raise ModelUnavailableError(f"Could not load the FLUX pipeline from {source}: {e}") from None
+    pipe.set_progress_bar_config(disable=True)
+    if cpu_offload and torch.device(device).type == "cuda":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    log.info("Loaded FLUX pipeline from %s (%s, %s) on %s", source, type(spec).__name__, dtype, device)
+    return pipe
