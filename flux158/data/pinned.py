@@ -86,7 +86,7 @@ def fetch(
     pinned: PinnedFile,
     cache_dir: Path,
     mirror_dirs: list[Path] | tuple[Path, ...] = (),
-    offline: bool = False,
+    offline: bool | None = None,
     timeout_s: float = 30.0,
 ) -> Path:
     """Return the local, verified path of `pinned`: from the cache, a mirror directory, or its URL.
@@ -95,7 +95,7 @@ def fetch(
         pinned: the file to get.
         cache_dir: content-addressed cache root.
         mirror_dirs: local directories searched by content (any file names) before downloading.
-        offline: never touch the network (also implied by `HF_HUB_OFFLINE=1`).
+        offline: never touch the network; None follows `HF_HUB_OFFLINE` (the Hugging Face convention).
         timeout_s: network timeout per request.
 
     Raises:
@@ -111,7 +111,8 @@ def fetch(
         seed_cache(cache_dir, Path(mirror), [pinned])
         if cached.exists():
             return cached
-    offline = offline or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if offline is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     how_to = (
         f"Download it from\n  {pinned.url}\nand place it at\n  {cached}\n"
         f"(or point paths.prompt_mirror / FLUX158_PROMPT_MIRROR at a directory that holds it under any name)."

@@ -86,7 +86,7 @@ def load_prompt_set(
     cache_dir: Path,
     mirror_dirs: Sequence[Path] = (),
     categories: Sequence[str] | None = None,
-    offline: bool = False,
+    offline: bool | None = None,
 ) -> list[PromptItem]:
     """Load a named prompt set, fetching its pinned files into `cache_dir` if needed.
 
@@ -95,7 +95,7 @@ def load_prompt_set(
         cache_dir: content-addressed cache of pinned files.
         mirror_dirs: local directories searched for the files (by sha256) before downloading.
         categories: T2I-CompBench categories to load (default: all eight, in the canonical order).
-        offline: never download.
+        offline: never download (None: follow `HF_HUB_OFFLINE`).
 
     The `calibration` set is the paper's 7,232 prompts: all 1,632 PartiPrompts in file order, then the eight
     T2I-CompBench train files (700 each) in the order color, shape, texture, spatial, 3d_spatial, non_spatial,

@@ -26,15 +26,14 @@ class HubFluxSpec:
 
 
 def _how_to_get(spec: HubFluxSpec) -> str:
-    repo = spec.pretrained
-    licence = f"  1. accept the licence at https://huggingface.co/{repo} with your account,\n" if spec.gated else ""
+    repo, local = spec.pretrained, "/path/to/" + spec.pretrained.split("/")[-1]
+    licence = f"accept the licence at https://huggingface.co/{repo} (the repo is gated), then " if spec.gated else ""
     return (
-        "To fix it, either\n"
-        f"{licence}"
-        f"  {'2' if spec.gated else '1'}. log in on this machine: `huggingface-cli login` (or `hf auth login`) "
-        "or set HF_TOKEN, and run where huggingface.co is reachable; or\n"
-        f"  - download it elsewhere (`huggingface-cli download {repo} --local-dir /path/to/{repo.split('/')[-1]}`), "
-        f"copy it here and pass model.pretrained=/path/to/{repo.split('/')[-1]}."
+        "To fix it, either:\n"
+        f"  - {licence}log in with `huggingface-cli login` (or `hf auth login`, or set HF_TOKEN) and run where "
+        "huggingface.co is reachable; or\n"
+        f"  - download it where the hub is reachable (`huggingface-cli download {repo} --local-dir {local}`), "
+        f"copy it here and use that directory as the model (run.py: model.pretrained={local})."
     )
 
 

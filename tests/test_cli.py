@@ -1,0 +1,65 @@
+"""`python run.py` end to end in a subprocess: the smoke run, its logs, W&B offline, and the offline FLUX error."""
+
+import json
+import struct
+from pathlib import Path
+
+from conftest import run_cli
+
+
+def _wandb_records(path: Path):
+    """Decode a `.wandb` transaction log (LevelDB-style 32 KiB blocks of protobuf `Record`s)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, pos, block, pending = path.read_bytes(), 7, 32768, b""  # 7-byte ':W&B' file header
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            continue
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def test_smoke_run_writes_images_log_and_offline_wandb(tmp_path, model_cache):
+    env = {"FLUX158_OUTPUT_DIR": str(tmp_path), "FLUX158_CACHE_DIR": str(model_cache), "WANDB_MODE": "offline"}
+    proc = run_cli(env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    (gen,) = (tmp_path / "generate" / "smoke").iterdir()
+    assert len(list(gen.glob("0000[0-5]/samples/000[01].png"))) == 12
+    (log,) = (tmp_path / "hydra" / "smoke").glob("*/run.log")
+    text = log.read_text()
+    assert "experiment=smoke" in text and "commit" in text and "generated 12 images" in text
+
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    records = list(_wandb_records(next(run_dir.glob("run-*.wandb"))))
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert (run.project, run.run_group, run.job_type) == ("flux158", "smoke", "generate")
+    config = {u.key: json.loads(u.value_json) for u in run.config.update}
+    assert config["model"]["name"] == "tiny" and config["seed"] == 42
+    summary = {u.key: json.loads(u.value_json) for r in records if r.WhichOneof("record_type") == "summary"
+               for u in r.summary.update}
+    assert summary["images_generated"] == 12 and summary["images_skipped"] == 0
+
+    again = run_cli(env=env)  # a rerun finds the finished set and skips it
+    assert again.returncode == 0 and "nothing to do" in again.stdout + again.stderr
+
+
+def test_flux_dev_offline_stops_with_instructions(tmp_path, mirror):
+    env = {"FLUX158_OUTPUT_DIR": str(tmp_path / "out"), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+           "FLUX158_PROMPT_MIRROR": str(mirror)}
+    proc = run_cli("experiment=geneval", env=env, timeout=120)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text
+    assert "Traceback" not in text
+    assert "black-forest-labs/FLUX.1-dev" in text and "huggingface-cli login" in text
+    assert "accept the licence" in text and "model.pretrained=" in text
+    assert not (tmp_path / "out" / "generate").exists()

@@ -1,0 +1,65 @@
+"""Every experiment composes and instantiates; bad choices fail with Hydra's list of options."""
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from conftest import REPO, run_cli
+from experiments import resolve
+from flux158.generation.images import SamplerSettings
+from flux158.models import HubFluxSpec, TinyFluxSpec
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
+
+
+def test_expected_experiments_exist():
+    assert {"smoke", "geneval", "t2i_compbench"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_and_instantiates(compose, experiment):
+    cfg = compose(f"experiment={experiment}")
+    assert cfg.experiment_name == experiment
+    assert isinstance(instantiate(cfg.sampler), SamplerSettings)
+    assert isinstance(resolve.model_spec(cfg), (HubFluxSpec, TinyFluxSpec))
+    assert set(cfg.stages) <= {"generate"}
+
+
+def test_paper_experiments_use_paper_settings(compose):
+    cfg = compose("experiment=geneval")
+    spec = resolve.model_spec(cfg)
+    assert spec == HubFluxSpec("black-forest-labs/FLUX.1-dev", gated=True) and cfg.model.dtype == "bfloat16"
+    assert instantiate(cfg.sampler) == SamplerSettings(num_inference_steps=50, guidance_scale=3.5, height=1024,
+                                                       width=1024, max_sequence_length=512)
+    assert cfg.benchmark.samples_per_prompt == 4 and cfg.quant.name == "bf16"
+    t2i = compose("experiment=t2i_compbench")
+    assert t2i.benchmark.samples_per_prompt == 10 and len(t2i.benchmark.categories) == 8
+    assert compose("experiment=geneval", "model.pretrained=/data/flux").model.spec.pretrained == "/data/flux"
+
+
+def test_default_is_the_tiny_smoke_run(compose):
+    cfg = compose()
+    assert cfg.model.name == "tiny" and cfg.benchmark.name == "smoke" and cfg.logger.mode == "offline"
+
+
+def test_slurm_launcher_composes():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.gpus_per_node == 1 and launcher.max_num_timeout > 0
+
+
+@pytest.mark.parametrize(("override", "missing"), [("model=flux_pro", "model/flux_pro"),
+                                                   ("experiment=genevall", "experiment/genevall")])
+def test_unknown_choice_is_a_clear_error(override, missing, tmp_path):
+    proc = run_cli(override, "logger=none", env={"FLUX158_OUTPUT_DIR": str(tmp_path)})
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert f"Could not find '{missing}'" in text
+    group = missing.split("/")[0]
+    assert "Available options" in text and ("tiny" in text if group == "model" else "geneval" in text)
+    assert not (Path(tmp_path) / "generate").exists()
