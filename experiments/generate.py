@@ -49,7 +49,7 @@ def run(cfg: DictConfig) -> Path:
     pipe = resolve.pipeline(cfg, device)  # fails fast, before any output folder exists
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "config.yaml").exists():
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False))
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
 
     with tracking.track(cfg, "generate", resolve.shard_label(index, count)) as tracker:
         report = generate_images(

@@ -55,16 +55,20 @@ def model_spec(cfg: DictConfig) -> ModelSpec:
 
 def pipeline(cfg: DictConfig, device: torch.device):
     """The FLUX pipeline of `cfg.model`, with `cfg.quant.checkpoint` as its transformer when set."""
+    from accelerate import PartialState
+
     checkpoint = cfg.quant.get("checkpoint")
     wanted = cfg.get("device", "auto")
-    return load_pipeline(
-        model_spec(cfg),
-        device=device if wanted == "auto" else torch.device(wanted),
-        dtype=parse_dtype(cfg.model.dtype),
-        cache_dir=Path(cfg.paths.cache_dir),
-        transformer_path=Path(checkpoint) if checkpoint else None,
-        cpu_offload=cfg.model.get("cpu_offload", False),
-    )
+    # The main process builds or downloads first; the others then read its files instead of racing it.
+    with PartialState().main_process_first():
+        return load_pipeline(
+            model_spec(cfg),
+            device=device if wanted == "auto" else torch.device(wanted),
+            dtype=parse_dtype(cfg.model.dtype),
+            cache_dir=Path(cfg.paths.cache_dir),
+            transformer_path=Path(checkpoint) if checkpoint else None,
+            cpu_offload=cfg.model.get("cpu_offload", False),
+        )
 
 
 def _plain(value):

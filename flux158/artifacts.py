@@ -24,16 +24,21 @@ def partial_path(path: Path) -> Path:
     return path.with_name(path.name + PARTIAL_SUFFIX)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` then rename `tmp` to `path`, so a kill never leaves a truncated `path`."""
+def atomic_write(path: Path, write: Callable[[Path], None], shared: bool = False) -> None:
+    """Call `write(tmp)` then rename `tmp` to `path`, so a kill never leaves a truncated `path`.
+
+    `shared=True` is for files several processes may write at once (same content): the temp name then holds the
+    pid so the writers do not clobber each other's temp file. Otherwise the temp name is `partial_path(path)`,
+    which lets the owner of `path` find and remove the leftovers of a killed write.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}") if shared else partial_path(path)
     write(tmp)
     os.replace(tmp, path)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+def atomic_write_text(path: Path, text: str, shared: bool = False) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text), shared=shared)
 
 
 def is_done(directory: Path) -> bool:
@@ -42,4 +47,4 @@ def is_done(directory: Path) -> bool:
 
 def mark_done(directory: Path, summary: Mapping[str, Any]) -> None:
     """Write the completion marker of an artifact directory, with a small JSON summary inside."""
-    atomic_write_text(directory / DONE_MARKER, json.dumps(dict(summary), indent=2, default=str))
+    atomic_write_text(directory / DONE_MARKER, json.dumps(dict(summary), indent=2, default=str), shared=True)
