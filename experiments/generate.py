@@ -46,6 +46,9 @@ def run(cfg: DictConfig) -> Path:
         return out
 
     sampler = instantiate(cfg.sampler)
+    if device.type == "cpu" and sampler.height * sampler.width >= 512 * 512:
+        log.warning("generating %dx%d images on the CPU: expect minutes to hours per image", sampler.height,
+                    sampler.width)
     pipe = resolve.pipeline(cfg, device)  # fails fast, before any output folder exists
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "config.yaml").exists():

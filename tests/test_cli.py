@@ -1,31 +1,10 @@
 """`python run.py` end to end in a subprocess: the smoke run, its logs, W&B offline, and the offline FLUX error."""
 
 import json
-import struct
 from pathlib import Path
 
 from conftest import run_cli
-
-
-def _wandb_records(path: Path):
-    """Decode a `.wandb` transaction log (LevelDB-style 32 KiB blocks of protobuf `Record`s)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data, pos, block, pending = path.read_bytes(), 7, 32768, b""  # 7-byte ':W&B' file header
-    assert data[:4] == b":W&B"
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # block trailer padding
-            pos += block - pos % block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind == 0:
-            continue
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(pending)
-            yield record
+from wandb_records import record_values, wandb_records
 
 
 def test_smoke_run_writes_images_log_and_offline_wandb(tmp_path, model_cache):
@@ -40,13 +19,12 @@ def test_smoke_run_writes_images_log_and_offline_wandb(tmp_path, model_cache):
     assert "experiment=smoke" in text and "commit" in text and "generated 12 images" in text
 
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
-    records = list(_wandb_records(next(run_dir.glob("run-*.wandb"))))
-    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    records = list(wandb_records(next(run_dir.glob("run-*.wandb"))))
+    run = [r.run for r in records if r.WhichOneof("record_type") == "run"][-1]
     assert (run.project, run.run_group, run.job_type) == ("flux158", "smoke", "generate")
     config = {u.key: json.loads(u.value_json) for u in run.config.update}
     assert config["model"]["name"] == "tiny" and config["seed"] == 42
-    summary = {u.key: json.loads(u.value_json) for r in records if r.WhichOneof("record_type") == "summary"
-               for u in r.summary.update}
+    summary = record_values(records, "summary")
     assert summary["images_generated"] == 12 and summary["images_skipped"] == 0
 
     again = run_cli(env=env)  # a rerun finds the finished set and skips it
