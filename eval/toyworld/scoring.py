@@ -1,0 +1,37 @@
+"""Score toy-world images in GenEval's layout with the toy detector and GenEval's rules."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from eval.geneval.rules import filter_detections, judge
+from eval.toyworld.detector import ToyDetector
+
+
+def score_image(detector: ToyDetector, image: np.ndarray, metadata: Mapping[str, Any],
+                threshold: float, counting_threshold: float) -> tuple[bool, str]:
+    """Verdict for one image, exactly as GenEval decides it but with toy detections and segmented colors."""
+    detected = filter_detections(detector.detect(image), metadata["tag"], threshold, counting_threshold)
+    return judge(metadata, detected, lambda det: detector.color_of(image, det))
+
+
+def score_folder(detector: ToyDetector, root: Path, threshold: float = 0.3,
+                 counting_threshold: float = 0.9) -> list[dict[str, Any]]:
+    """One row per image of a GenEval-layout folder: filename, tag, prompt, correct, reason (as `results.jsonl`)."""
+    rows = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit()):
+        metadata = json.loads((folder / "metadata.jsonl").read_text())
+        for path in sorted((folder / "samples").glob("*.png")):
+            if not path.stem.isdigit():
+                continue
+            image = np.asarray(Image.open(path).convert("RGB"))
+            correct, reason = score_image(detector, image, metadata, threshold, counting_threshold)
+            rows.append({"filename": str(path.relative_to(root)), "tag": metadata["tag"],
+                         "prompt": metadata["prompt"], "correct": correct, "reason": reason})
+    return rows
