@@ -3,41 +3,27 @@
 from __future__ import annotations
 
 import logging
-import platform
-import subprocess
 import sys
-from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import generate
+from experiments import evaluate, generate, provenance, toyworld_train
 from flux158.errors import Flux158Error
 
 log = logging.getLogger("flux158")
 
-STAGES = {"generate": generate.run}
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, check=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+STAGES = {"generate": generate.run, "evaluate": evaluate.run, "train_toyworld": toyworld_train.run}
 
 
 def _describe_run(cfg: DictConfig) -> None:
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     log.info("flux158 experiment=%s stages=%s model=%s quant=%s benchmark=%s shard=%s/%s",
              cfg.experiment_name, list(cfg.stages), cfg.model.name, cfg.quant.name, cfg.benchmark.name,
              cfg.shard.index, cfg.shard.count)
-    log.info("commit %s | python %s | torch %s | GPU %s | host %s", _git_commit(), platform.python_version(),
-             torch.__version__, gpu, platform.node())
+    env = provenance.environment()
+    log.info("commit %s | python %s | torch %s | GPU %s | host %s", env["git_commit"], env["python"], env["torch"],
+             env["gpu"], env["host"])
     log.debug("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
 
 

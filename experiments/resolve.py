@@ -13,6 +13,7 @@ from flux158.artifacts import config_hash
 from flux158.data.prompts import PromptItem, geneval_prompts_from_records, load_prompt_set, take_per_group
 from flux158.models import ModelSpec, load_pipeline, parse_dtype
 from flux158.sharding import combine_shards
+from flux158.toyworld.scenes import heldout_prompts
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,8 @@ def prompts(cfg: DictConfig) -> list[PromptItem]:
     bench = cfg.benchmark
     if bench.prompt_set == "inline":
         items = geneval_prompts_from_records(OmegaConf.to_container(bench.prompts, resolve=True))
+    elif bench.prompt_set == "toyworld_heldout":
+        items = geneval_prompts_from_records(heldout_prompts(bench.per_tag, bench.prompt_seed))
     else:
         mirror = cfg.paths.get("prompt_mirror")
         items = load_prompt_set(

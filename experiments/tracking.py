@@ -31,9 +31,15 @@ class Tracker:
     def run_dir(self) -> Path | None:
         return Path(self.run.dir).parent if self.run is not None else None
 
-    def log(self, metrics: Mapping[str, Any]) -> None:
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         if self.run is not None:
-            self.run.log(dict(metrics))
+            self.run.log(dict(metrics), step=step)
+
+    def log_image(self, key: str, path: Path, step: int | None = None, caption: str | None = None) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Image(str(path), caption=caption)}, step=step)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         if self.run is not None:

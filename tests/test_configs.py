@@ -8,13 +8,13 @@ from hydra.utils import instantiate
 from conftest import REPO, run_cli
 from experiments import resolve
 from flux158.generation.images import SamplerSettings
-from flux158.models import HubFluxSpec, TinyFluxSpec
+from flux158.models import HubFluxSpec, TinyFluxSpec, ToyWorldSource
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
 
 
 def test_expected_experiments_exist():
-    assert {"smoke", "geneval", "t2i_compbench"} <= set(EXPERIMENTS)
+    assert {"smoke", "geneval", "t2i_compbench", "toyworld", "toyworld_train"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -22,8 +22,10 @@ def test_experiment_composes_and_instantiates(compose, experiment):
     cfg = compose(f"experiment={experiment}")
     assert cfg.experiment_name == experiment
     assert isinstance(instantiate(cfg.sampler), SamplerSettings)
-    assert isinstance(resolve.model_spec(cfg), (HubFluxSpec, TinyFluxSpec))
-    assert set(cfg.stages) <= {"generate"}
+    assert isinstance(resolve.model_spec(cfg), (HubFluxSpec, TinyFluxSpec, ToyWorldSource))
+    from run import STAGES
+
+    assert set(cfg.stages) <= set(STAGES)
 
 
 def test_paper_experiments_use_paper_settings(compose):

@@ -1,7 +1,8 @@
-"""FLUX model specs and loading: the hub/local FLUX.1 models and the tiny offline one."""
+"""Model specs and loading: hub/local FLUX.1, the tiny offline FLUX, the toy-world model."""
 
 from flux158.models.hub import HubFluxSpec
 from flux158.models.loading import ModelSpec, load_pipeline, parse_dtype
 from flux158.models.tiny import TinyFluxSpec
+from flux158.toyworld.pipeline import ToyWorldSource
 
-__all__ = ["HubFluxSpec", "ModelSpec", "TinyFluxSpec", "load_pipeline", "parse_dtype"]
+__all__ = ["HubFluxSpec", "ModelSpec", "TinyFluxSpec", "ToyWorldSource", "load_pipeline", "parse_dtype"]

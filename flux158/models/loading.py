@@ -1,4 +1,4 @@
-"""Load a `FluxPipeline` from a model spec (hub/local FLUX or the tiny offline model) onto a device."""
+"""Load a pipeline from a model spec (hub/local FLUX, the tiny offline FLUX, or the toy-world model) onto a device."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from diffusers import FluxPipeline, FluxTransformer2DModel
 from flux158.errors import ModelUnavailableError
 from flux158.models.hub import HubFluxSpec, resolve_pretrained
 from flux158.models.tiny import TinyFluxSpec, ensure_tiny_pipeline
+from flux158.toyworld.pipeline import ToyWorldPipeline, ToyWorldSource
 
 log = logging.getLogger(__name__)
 
-ModelSpec = HubFluxSpec | TinyFluxSpec
+ModelSpec = HubFluxSpec | TinyFluxSpec | ToyWorldSource
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -28,6 +29,8 @@ def pipeline_source(spec: ModelSpec, cache_dir: Path) -> str:
     """Where `FluxPipeline.from_pretrained` should read from; checks availability first (fails fast)."""
     if isinstance(spec, TinyFluxSpec):
         return str(ensure_tiny_pipeline(spec, cache_dir))
+    if isinstance(spec, ToyWorldSource):
+        return str(spec.resolve())
     return resolve_pretrained(spec)
 
 
@@ -39,7 +42,7 @@ def load_pipeline(
     cache_dir: Path,
     transformer_path: Path | None = None,
     cpu_offload: bool = False,
-) -> FluxPipeline:
+) -> FluxPipeline | ToyWorldPipeline:
     """Load the pipeline, optionally replacing its transformer with one saved at `transformer_path`.
 
     Args:
@@ -57,7 +60,8 @@ def load_pipeline(
             if not (Path(transformer_path) / "config.json").exists():
                 raise ModelUnavailableError(f"transformer override {transformer_path} has no config.json")
             kwargs["transformer"] = FluxTransformer2DModel.from_pretrained(transformer_path, dtype=dtype)
-        pipe = FluxPipeline.from_pretrained(source, dtype=dtype, **kwargs)
+        pipeline_class = ToyWorldPipeline if isinstance(spec, ToyWorldSource) else FluxPipeline
+        pipe = pipeline_class.from_pretrained(source, dtype=dtype, **kwargs)
     except OSError as e:  # missing or partially downloaded files
         raise ModelUnavailableError(f"Could not load the FLUX pipeline from {source}: {e}") from None
     pipe.set_progress_bar_config(disable=True)

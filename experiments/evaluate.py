@@ -1,0 +1,66 @@
+"""Stage `evaluate`: score the generate stage's images with the benchmark's evaluator; write `metrics.json`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from omegaconf import DictConfig
+
+from eval.geneval.rules import summarize
+from eval.toyworld.detector import ToyDetector
+from eval.toyworld.scoring import score_folder
+from experiments import generate, provenance, resolve, tracking
+from flux158.artifacts import atomic_write, atomic_write_text, is_done
+from flux158.errors import Flux158Error
+from flux158.toyworld.scenes import BACKGROUND, PALETTE
+
+log = logging.getLogger(__name__)
+
+DETERMINING_KEYS = [*generate.DETERMINING_KEYS]
+
+
+def _score(cfg: DictConfig, images: Path) -> list[dict]:
+    evaluator = cfg.benchmark.get("evaluator")
+    if evaluator == "toyworld":
+        detector = ToyDetector(PALETTE, BACKGROUND)
+        return score_folder(detector, images, cfg.benchmark.threshold, cfg.benchmark.counting_threshold)
+    raise Flux158Error(f"benchmark {cfg.benchmark.name!r} has no evaluator in this version (evaluator={evaluator}); "
+                       "the GenEval and T2I-CompBench evaluators are tracked in their own issues")
+
+
+def run(cfg: DictConfig) -> Path:
+    """Write `outputs/evaluate/<benchmark>/<model>-<quant>-<hash>/{metrics.json,results.jsonl}`."""
+    images = generate.output_dir(cfg)
+    if not is_done(images):
+        raise Flux158Error(f"the images in {images} are incomplete or missing: run the generate stage first "
+                           "(stages=[generate,evaluate], all shards)")
+    out, determining = resolve.artifact_dir(cfg, "evaluate", DETERMINING_KEYS)
+    if (out / "metrics.json").exists():
+        log.info("evaluate: %s exists; nothing to do", out / "metrics.json")
+        return out
+    rows = _score(cfg, images)
+    scores = summarize(rows)
+    metrics = {
+        "model": cfg.model.name, "quant": cfg.quant.name, "benchmark": cfg.benchmark.name,
+        "config_hash": out.name.rsplit("-", 1)[-1], "images_dir": str(images), "num_images": len(rows),
+        **provenance.environment(), "metrics": scores,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
+    atomic_write(out / "results.jsonl",
+                 lambda tmp: pd.DataFrame(rows).to_json(tmp, orient="records", lines=True))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # last: its presence means complete
+    log.info("evaluate: %s", ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    with tracking.track(cfg, "evaluate") as tracker:
+        tracker.summary(scores)
+        tracker.artifact(out / "metrics.json", f"metrics-{cfg.benchmark.name}-{cfg.model.name}-{cfg.quant.name}",
+                         "results", metrics)
+        sample = rows[:: max(1, len(rows) // cfg.logger.get("max_images", 16))][: cfg.logger.get("max_images", 16)]
+        tracker.image_table("results", ["tag", "prompt", "correct", "reason", "image"],
+                            [[r["tag"], r["prompt"], r["correct"], r["reason"], images / r["filename"]]
+                             for r in sample], "image")
+    return out
