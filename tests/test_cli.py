@@ -9,7 +9,7 @@ from wandb_records import record_values, wandb_records
 
 def test_smoke_run_writes_images_log_and_offline_wandb(tmp_path, model_cache):
     env = {"FLUX158_OUTPUT_DIR": str(tmp_path), "FLUX158_CACHE_DIR": str(model_cache), "WANDB_MODE": "offline"}
-    proc = run_cli(env=env)
+    proc = run_cli("experiment=smoke", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     (gen,) = (tmp_path / "generate" / "smoke").iterdir()
@@ -27,7 +27,7 @@ def test_smoke_run_writes_images_log_and_offline_wandb(tmp_path, model_cache):
     summary = record_values(records, "summary")
     assert summary["images_generated"] == 12 and summary["images_skipped"] == 0
 
-    again = run_cli(env=env)  # a rerun finds the finished set and skips it
+    again = run_cli("experiment=smoke", env=env)  # a rerun finds the finished set and skips it
     assert again.returncode == 0 and "nothing to do" in again.stdout + again.stderr
 
 
@@ -56,11 +56,11 @@ def test_two_processes_produce_the_single_process_images(tmp_path, model_cache):
 
     # torchrun gives each rank OMP_NUM_THREADS=1; CPU float sums depend on the thread count, so match it.
     env = {"FLUX158_CACHE_DIR": str(model_cache), "OMP_NUM_THREADS": "1"}
-    assert run_cli("logger=none", env={**env, "FLUX158_OUTPUT_DIR": str(tmp_path / "one")}).returncode == 0
+    assert run_cli("experiment=smoke", "logger=none", env={**env, "FLUX158_OUTPUT_DIR": str(tmp_path / "one")}).returncode == 0
     import os
 
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(REPO / "run.py"), "logger=none"],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(REPO / "run.py"), "experiment=smoke", "logger=none"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, **env, "FLUX158_OUTPUT_DIR": str(tmp_path / "two")},
     )

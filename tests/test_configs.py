@@ -40,9 +40,12 @@ def test_paper_experiments_use_paper_settings(compose):
     assert compose("experiment=geneval", "model.pretrained=/data/flux").model.spec.pretrained == "/data/flux"
 
 
-def test_default_is_the_tiny_smoke_run(compose):
+def test_default_is_the_toy_world_run(compose):
     cfg = compose()
-    assert cfg.model.name == "tiny" and cfg.benchmark.name == "smoke" and cfg.logger.mode == "offline"
+    assert cfg.model.name == "toyworld" and cfg.benchmark.name == "toyworld" and cfg.logger.mode == "offline"
+    assert list(cfg.stages) == ["generate", "evaluate"]
+    smoke = compose("experiment=smoke")
+    assert smoke.model.name == "tiny" and smoke.benchmark.name == "smoke"
 
 
 def test_slurm_launcher_composes():

@@ -9,7 +9,8 @@ import pytest
 from experiments import generate
 from flux158.errors import LayoutError
 
-TINY = ["model=tiny", "sampler=tiny", "logger=none"]
+TINY = ["experiment=smoke", "logger=none"]
+TINY_MODEL = ["model=tiny", "sampler=tiny", "logger=none"]  # with a paper experiment's prompts
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -18,7 +19,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_geneval_layout_matches_official(compose, mirror, tmp_path):
-    cfg = compose("experiment=geneval", *TINY, "benchmark.limit_per_group=3", "benchmark.samples_per_prompt=2")
+    cfg = compose("experiment=geneval", *TINY_MODEL, "benchmark.limit_per_group=3", "benchmark.samples_per_prompt=2")
     out = generate.run(cfg)
     lines = (mirror / "geneval" / "evaluation_metadata.jsonl").read_text().splitlines()
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["00000", "00001", "00002"]
@@ -31,7 +32,7 @@ def test_geneval_layout_matches_official(compose, mirror, tmp_path):
 
 
 def test_t2i_compbench_layout(compose, mirror):
-    cfg = compose("experiment=t2i_compbench", *TINY, "benchmark.limit_per_group=2", "benchmark.samples_per_prompt=3",
+    cfg = compose("experiment=t2i_compbench", *TINY_MODEL, "benchmark.limit_per_group=2", "benchmark.samples_per_prompt=3",
                   "benchmark.categories=[color,numeracy]", "batch_size=2")
     out = generate.run(cfg)
     for cat in ("color", "numeracy"):
