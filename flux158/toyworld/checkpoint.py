@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from flux158.errors import Flux158Error
@@ -60,6 +61,6 @@ def load_checkpoint(path: Path, model: torch.nn.Module, ema: torch.nn.Module,
         load_model(model, str(path / "model.safetensors"))
         load_model(ema, str(path / "ema.safetensors"))
         optimizer.load_state_dict(_unflatten_optimizer(load_file(path / "optimizer.safetensors"), state["optimizer"]))
-    except (OSError, KeyError, RuntimeError, json.JSONDecodeError) as e:
+    except (OSError, KeyError, RuntimeError, ValueError, SafetensorError, json.JSONDecodeError) as e:
         raise Flux158Error(f"checkpoint {path} is corrupt or from another model ({e}); delete it to restart") from None
     return state
