@@ -56,11 +56,13 @@ def test_two_processes_produce_the_single_process_images(tmp_path, model_cache):
 
     # torchrun gives each rank OMP_NUM_THREADS=1; CPU float sums depend on the thread count, so match it.
     env = {"FLUX158_CACHE_DIR": str(model_cache), "OMP_NUM_THREADS": "1"}
-    assert run_cli("experiment=smoke", "logger=none", env={**env, "FLUX158_OUTPUT_DIR": str(tmp_path / "one")}).returncode == 0
+    single = run_cli("experiment=smoke", "logger=none", env={**env, "FLUX158_OUTPUT_DIR": str(tmp_path / "one")})
+    assert single.returncode == 0
     import os
 
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(REPO / "run.py"), "experiment=smoke", "logger=none"],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(REPO / "run.py"),
+         "experiment=smoke", "logger=none"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, **env, "FLUX158_OUTPUT_DIR": str(tmp_path / "two")},
     )

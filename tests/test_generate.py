@@ -1,7 +1,5 @@
 """The generate stage on the tiny model: layouts, shard invariance, resume after a kill."""
 
-import json
-import os
 from pathlib import Path
 
 import pytest
@@ -32,7 +30,8 @@ def test_geneval_layout_matches_official(compose, mirror, tmp_path):
 
 
 def test_t2i_compbench_layout(compose, mirror):
-    cfg = compose("experiment=t2i_compbench", *TINY_MODEL, "benchmark.limit_per_group=2", "benchmark.samples_per_prompt=3",
+    cfg = compose("experiment=t2i_compbench", *TINY_MODEL, "benchmark.limit_per_group=2",
+                  "benchmark.samples_per_prompt=3",
                   "benchmark.categories=[color,numeracy]", "batch_size=2")
     out = generate.run(cfg)
     for cat in ("color", "numeracy"):

@@ -63,7 +63,7 @@ class ToyDetector:
         out: dict[str, list[Detection]] = {}
         for color_index in range(1, len(self.palette) + 1):
             components, n = ndimage.label(labels == color_index, structure=np.ones((3, 3)))
-            for sl, k in zip(ndimage.find_objects(components), range(1, n + 1)):
+            for sl, k in zip(ndimage.find_objects(components), range(1, n + 1), strict=False):
                 mask = components[sl] == k
                 if mask.sum() < self.min_area:
                     continue

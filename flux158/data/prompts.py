@@ -1,4 +1,4 @@
-"""Prompt sets as lists of `PromptItem`: GenEval, T2I-CompBench (val/train), PartiPrompts and the 7,232 calibration set."""
+"""Prompt sets as lists of `PromptItem`: GenEval, T2I-CompBench (val/train), PartiPrompts, the 7,232 calibration set."""
 
 from __future__ import annotations
 

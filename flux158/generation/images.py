@@ -100,7 +100,7 @@ def generate_images(
             paths = [layout.image_path(item, k) for k in chunk]
             for path in paths:  # leftovers of a killed write of this very image: this shard owns it
                 partial_path(path).unlink(missing_ok=True)
-            missing = [(k, p) for k, p in zip(chunk, paths) if not p.exists()]
+            missing = [(k, p) for k, p in zip(chunk, paths, strict=False) if not p.exists()]
             report.skipped += len(chunk) - len(missing)
             if missing:
                 images = _sample(pipe, item.prompt, chunk, base_seed, item.index, sampler)

@@ -7,7 +7,6 @@ so every code path that touches `FluxPipeline` can run on a CPU in milliseconds.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path

@@ -41,7 +41,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, map(chr, cs)))
+    return dict(zip(bs, map(chr, cs), strict=False))
 
 
 def build_clip_tokenizer(save_dir: Path, n_merges: int = 2000, max_length: int = 77) -> CLIPTokenizer:

@@ -4,14 +4,16 @@ Pixel space rather than a trained VAE: the scenes are flat colors, a VAE would b
 quantize around, and pixel-space errors are exactly what the detector measures. Tokens are `patch x patch` pixel
 patches; the default 4 is FLUX's 2x2 packing applied after a parameter-free 2x pixel-unshuffle (standing in for a
 /2 "VAE"), so a 32 x 32 scene is 64 tokens of 48 channels. Against 2x2 pixel patches (256 tokens) that cuts a
-training step on a 2-core CPU about 3x, which buys the steps that make shapes crisp within the ~20-minute budget. The transformer is `FluxTransformer2DModel`, so its block linears
+training step on a 2-core CPU about 3x, which buys the steps that make shapes crisp within the ~20-minute budget.
+The transformer is `FluxTransformer2DModel`, so its block linears
 are the same modules the quantization code replaces on FLUX.1-dev.
 """
 
 from __future__ import annotations
 
-import torch
 from dataclasses import dataclass
+
+import torch
 from diffusers import FluxTransformer2DModel
 from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
@@ -73,7 +75,8 @@ def build_text_encoder(spec: ToyWorldSpec, vocab_size: int) -> T5EncoderModel:
 
 def build_transformer(spec: ToyWorldSpec) -> FluxTransformer2DModel:
     return FluxTransformer2DModel(
-        patch_size=1, in_channels=3 * spec.patch**2, num_layers=spec.num_layers, num_single_layers=spec.num_single_layers,
+        patch_size=1, in_channels=3 * spec.patch**2, num_layers=spec.num_layers,
+        num_single_layers=spec.num_single_layers,
         attention_head_dim=spec.attention_head_dim, num_attention_heads=spec.num_attention_heads,
         joint_attention_dim=spec.text_dim, pooled_projection_dim=spec.text_dim, guidance_embeds=False,
         axes_dims_rope=spec.axes_dims_rope,

@@ -73,7 +73,8 @@ class ToyWorldPipeline(DiffusionPipeline):
         h = w = self.config.image_size
         return self.transformer(
             hidden_states=tokens, timestep=sigma.to(tokens.dtype), pooled_projections=pooled.to(tokens.dtype),
-            encoder_hidden_states=states.to(tokens.dtype), txt_ids=torch.zeros(states.shape[1], 3, device=tokens.device),
+            encoder_hidden_states=states.to(tokens.dtype),
+            txt_ids=torch.zeros(states.shape[1], 3, device=tokens.device),
             img_ids=image_ids(h, w, self.config.patch).to(tokens.device), guidance=None, return_dict=False,
         )[0]
 

@@ -84,7 +84,7 @@ def sample_grid(pipe: ToyWorldPipeline, prompts: list[str], steps: int, guidance
     """One image per prompt, side by side, 4x upscaled."""
     gens = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
     images = [pipe(p, generator=g, num_inference_steps=steps, guidance_scale=guidance).images[0]
-              for p, g in zip(prompts, gens)]
+              for p, g in zip(prompts, gens, strict=False)]
     grid = np.concatenate([np.asarray(im) for im in images], axis=1)
     return Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST)
 
@@ -115,7 +115,7 @@ def train_toyworld(
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps,
                                                last_epoch=start - 1 if start else -1)
     if start:  # LambdaLR with last_epoch needs initial_lr; recompute the rate of the resumed step explicitly
-        for group, lr in zip(optimizer.param_groups, schedule.get_last_lr()):
+        for group, lr in zip(optimizer.param_groups, schedule.get_last_lr(), strict=False):
             group["lr"] = lr
     extra = {"spec": asdict(spec), "config": asdict(config)}
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train toyworld",
