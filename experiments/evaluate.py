@@ -20,7 +20,8 @@ from flux158.toyworld.scenes import BACKGROUND, PALETTE
 
 log = logging.getLogger(__name__)
 
-DETERMINING_KEYS = [*generate.DETERMINING_KEYS]
+DETERMINING_KEYS = [*generate.DETERMINING_KEYS, "benchmark.evaluator", "benchmark.threshold",
+                    "benchmark.counting_threshold"]
 
 
 def _score(cfg: DictConfig, images: Path) -> list[dict]:

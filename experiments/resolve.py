@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flux158.artifacts import config_hash
 from flux158.data.prompts import PromptItem, geneval_prompts_from_records, load_prompt_set, take_per_group
-from flux158.models import ModelSpec, load_pipeline, parse_dtype
+from flux158.models import ModelSpec, ToyWorldSource, load_pipeline, parse_dtype
 from flux158.sharding import combine_shards
 from flux158.toyworld.scenes import heldout_prompts
 
@@ -81,5 +81,8 @@ def _plain(value):
 def artifact_dir(cfg: DictConfig, stage: str, keys: list[str]) -> tuple[Path, dict]:
     """`<output_dir>/<stage>/<benchmark>/<model>-<quant>-<hash8>` keyed by the config sections in `keys`."""
     determining = {k: _plain(OmegaConf.select(cfg, k)) for k in keys}
+    spec = model_spec(cfg)
+    if "model" in keys and isinstance(spec, ToyWorldSource):  # same config, retrained weights: a new directory
+        determining["model_weights_sha256"] = spec.fingerprint()
     name = f"{cfg.model.name}-{cfg.quant.name}-{config_hash(determining)}"
     return Path(cfg.paths.output_dir) / stage / cfg.benchmark.name / name, determining

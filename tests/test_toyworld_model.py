@@ -20,7 +20,7 @@ from flux158.models import ToyWorldSource, load_pipeline
 from flux158.toyworld.scenes import PALETTE, heldout_prompts
 
 SAMPLER = SamplerSettings(num_inference_steps=20, guidance_scale=3.0, height=32, width=32, max_sequence_length=16)
-FP_FLOOR = 0.10  # measured 0.156 (2 samples per held-out prompt, 20 steps, guidance 3)
+FP_FLOOR = 0.30  # measured 0.438 (2 samples per held-out prompt, 20 steps, guidance 3, counting IoU 0.7)
 CHANCE = 0.05   # naive absmean measured 0.0
 
 
@@ -63,7 +63,7 @@ def _score(pipe, root) -> dict[str, float]:
     items = geneval_prompts_from_records(heldout_prompts())
     generate_images(pipe, items, GenEvalLayout(root), samples_per_prompt=2, base_seed=42, sampler=SAMPLER,
                     batch_size=2, progress=False)
-    return summarize(score_folder(ToyDetector(PALETTE), root))
+    return summarize(score_folder(ToyDetector(PALETTE), root, threshold=0.3, counting_threshold=0.7))
 
 
 def _absmean_ternary_(transformer) -> int:
@@ -105,3 +105,16 @@ def test_toyworld_experiment_writes_metrics(compose, tmp_path):
     for r in rows:
         by_tag.setdefault(r["tag"], []).append(r["correct"])
     assert metrics["metrics"]["overall"] == pytest.approx(np.mean([np.mean(v) for v in by_tag.values()]))
+
+
+def test_retrained_weights_get_new_artifact_dirs(compose, tmp_path):
+    import shutil
+
+    copy = tmp_path / "weights"
+    shutil.copytree(ToyWorldSource().resolve(), copy)
+    same = generate.output_dir(compose("logger=none", f"model.pretrained={copy}"))
+    st = next((copy / "transformer").glob("*.safetensors"))
+    data = bytearray(st.read_bytes())
+    data[-1] ^= 1
+    st.write_bytes(bytes(data))
+    assert generate.output_dir(compose("logger=none", f"model.pretrained={copy}")) != same

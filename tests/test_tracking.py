@@ -25,7 +25,7 @@ def test_offline_run_records_everything(compose, tmp_path):
     kinds = {r.WhichOneof("record_type") for r in records}
     assert {"run", "history", "summary", "artifact"} <= kinds
     run = [r.run for r in records if r.WhichOneof("record_type") == "run"][-1]
-    assert (run.run_group, run.job_type, run.display_name) == ("unit", "evaluate", "evaluate-tiny-bf16-s1of2")
+    assert (run.run_group, run.job_type, run.display_name) == ("unit", "evaluate", "evaluate-toyworld-bf16-s1of2")
     (art,) = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "results"]
     assert art.name == "metrics-unit"
     assert any(e.path == "metrics.json" for e in art.manifest.contents)

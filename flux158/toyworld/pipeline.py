@@ -8,6 +8,7 @@ against the empty caption it was trained with.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,14 @@ class ToyWorldSource:
                 "model.pretrained=<its outputs/toyworld_train/<hash>/model directory>"
             )
         return path
+
+    def fingerprint(self) -> str:
+        """sha256 over the weight files, so artifacts made with different weights never share a directory."""
+        h = hashlib.sha256()
+        for f in sorted(self.resolve().rglob("*.safetensors")):
+            h.update(f.relative_to(self.resolve()).as_posix().encode())
+            h.update(f.read_bytes())
+        return h.hexdigest()[:16]
 
 
 def make_scheduler() -> FlowMatchEulerDiscreteScheduler:

@@ -107,7 +107,8 @@ def _satisfies(rel: str, obj: tuple[int, int, int, int], target: tuple[int, int,
 
 
 def render_scene(spec: dict[str, Any], rng: np.random.Generator, size: int = 32,
-                 min_shape: int = 9, max_shape: int = 13, max_tries: int = 200) -> tuple[np.ndarray, list[SceneObject]]:
+                 min_shape: int = 11, max_shape: int = 15, max_tries: int = 200
+                 ) -> tuple[np.ndarray, list[SceneObject]]:
     """Draw an image (`size x size x 3` uint8) that satisfies `spec`, and the objects it holds.
 
     Unspecified colors are random; objects never overlap; position relations are placed unambiguously. Shape
