@@ -20,9 +20,9 @@ log = logging.getLogger(__name__)
 
 # Config sections that determine the images: the artifact directory is named by their hash.
 # Evaluator settings (benchmark.evaluator, thresholds) are left out: they do not change the images.
-DETERMINING_KEYS = ["model", "quant", "sampler", "seed", "batch_size", "benchmark.name",
-                    "benchmark.prompt_set", "benchmark.prompts", "benchmark.per_tag", "benchmark.prompt_seed",
-                    "benchmark.categories", "benchmark.limit_per_group", "benchmark.layout", "benchmark.samples_per_prompt"]
+DETERMINING_KEYS = ["model", "quant", "sampler", "seed", "batch_size", "benchmark.name", "benchmark.prompt_set",
+                    "benchmark.prompts", "benchmark.per_tag", "benchmark.prompt_seed", "benchmark.categories",
+                    "benchmark.limit_per_group", "benchmark.layout", "benchmark.samples_per_prompt"]
 
 
 def output_dir(cfg: DictConfig) -> Path:
