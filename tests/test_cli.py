@@ -71,3 +71,20 @@ def test_two_processes_produce_the_single_process_images(tmp_path, model_cache):
     one, two = files(tmp_path / "one"), files(tmp_path / "two")
     assert len([k for k in one if k.endswith(".png")]) == 12
     assert one == two
+
+
+def test_default_run_is_the_scored_toy_world(tmp_path):
+    """The README's main job: `python run.py` generates the toy world and writes real scores, logged to W&B."""
+    proc = run_cli(env={"FLUX158_OUTPUT_DIR": str(tmp_path), "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (metrics_file,) = (tmp_path / "evaluate" / "toyworld").glob("*/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["num_images"] == 264 and metrics["metrics"]["overall"] > 0.3  # measured 0.463
+    jobs = set()
+    for run_file in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb"):
+        records = list(wandb_records(run_file))
+        run = [r.run for r in records if r.WhichOneof("record_type") == "run"][-1]
+        jobs.add(run.job_type)
+        if run.job_type == "evaluate":
+            assert record_values(records, "summary")["overall"] == metrics["metrics"]["overall"]
+    assert jobs == {"generate", "evaluate"}
