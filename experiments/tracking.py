@@ -27,10 +27,6 @@ class Tracker:
     def enabled(self) -> bool:
         return self.run is not None
 
-    @property
-    def run_dir(self) -> Path | None:
-        return Path(self.run.dir).parent if self.run is not None else None
-
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         if self.run is not None:
             self.run.log(dict(metrics), step=step)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,7 +42,6 @@ class GenerationReport:
     generated: int = 0
     skipped: int = 0
     seconds: float = 0.0
-    paths: list[Path] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -108,7 +107,6 @@ def generate_images(
                     image = images[k - chunk.start]
                     atomic_write(path, lambda tmp, im=image: im.save(tmp, format="PNG"))
                     report.generated += 1
-                    report.paths.append(path)
                     if on_image is not None:
                         on_image(item, k, path)
             bar.update(len(chunk))

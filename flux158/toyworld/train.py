@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -147,19 +148,16 @@ def train_toyworld(
     return export_ema(pipe, model, ema, out_dir / "model")
 
 
-class _ema_weights:
+@contextmanager
+def _ema_weights(model: torch.nn.Module, ema: AveragedModel) -> Iterator[None]:
     """Temporarily load the EMA weights into `model` (for sampling during training)."""
-
-    def __init__(self, model: torch.nn.Module, ema: AveragedModel) -> None:
-        self.model, self.ema, self.saved = model, ema, None
-
-    def __enter__(self) -> None:
-        self.saved = {k: v.clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(self.ema.module.state_dict())
-        self.model.eval()
-
-    def __exit__(self, *exc) -> None:
-        self.model.load_state_dict(self.saved)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(ema.module.state_dict())
+    model.eval()
+    try:
+        yield
+    finally:
+        model.load_state_dict(saved)
 
 
 def export_ema(pipe: ToyWorldPipeline, model: torch.nn.Module, ema: AveragedModel, target: Path) -> Path:
