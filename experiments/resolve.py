@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from flux158.artifacts import config_hash
 from flux158.data.prompts import PromptItem, geneval_prompts_from_records, load_prompt_set, take_per_group
 from flux158.models import ModelSpec, ToyWorldSource, load_pipeline, parse_dtype
+from flux158.quant import quantize_
 from flux158.sharding import combine_shards
 from flux158.toyworld.scenes import heldout_prompts
 
@@ -64,7 +65,7 @@ def pipeline(cfg: DictConfig, device: torch.device):
     wanted = cfg.get("device", "auto")
     # The main process builds or downloads first; the others then read its files instead of racing it.
     with PartialState().main_process_first():
-        return load_pipeline(
+        pipe = load_pipeline(
             model_spec(cfg),
             device=device if wanted == "auto" else torch.device(wanted),
             dtype=parse_dtype(cfg.model.dtype),
@@ -72,6 +73,11 @@ def pipeline(cfg: DictConfig, device: torch.device):
             transformer_path=Path(checkpoint) if checkpoint else None,
             cpu_offload=cfg.model.get("cpu_offload", False),
         )
+    if cfg.quant.get("config") is not None:
+        report = quantize_(pipe.transformer, instantiate(cfg.quant.config))
+        log.info("quantized %d block linears (%.2f%% of %d transformer parameters) with %s", len(report.quantized),
+                 100 * report.share, report.total_params, cfg.quant.name)
+    return pipe
 
 
 def _plain(value):

@@ -68,3 +68,28 @@ def test_unknown_choice_is_a_clear_error(override, missing, tmp_path):
     group = missing.split("/")[0]
     assert "Available options" in text and ("tiny" in text if group == "model" else "geneval" in text)
     assert not (Path(tmp_path) / "generate").exists()
+
+
+QUANTS = sorted(p.stem for p in (REPO / "configs" / "quant").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+def test_quant_configs_instantiate(compose, quant):
+    from flux158.quant import TernaryConfig
+
+    cfg = compose(f"quant={quant}")
+    assert cfg.quant.name == quant
+    if quant == "bf16":
+        assert cfg.quant.get("config") is None
+    else:
+        assert isinstance(instantiate(cfg.quant.config), TernaryConfig)
+
+
+def test_quantized_pipeline_has_ternary_block_linears(compose):
+    import torch
+
+    from flux158.quant import TernaryLinear, block_linear_names
+
+    pipe = resolve.pipeline(compose("experiment=smoke", "quant=twn"), torch.device("cpu"))
+    ternary = [n for n, m in pipe.transformer.named_modules() if isinstance(m, TernaryLinear)]
+    assert len(ternary) == 2 * 14 + 2 * 6 and block_linear_names(pipe.transformer) == []

@@ -1,0 +1,62 @@
+"""Data-free ternarization rules: W (out x in) -> codes in {-1, 0, +1} (int8) and a scale (per tensor or per row).
+
+The dequantized weight is `scale * codes`, with `scale` of shape (1, 1) for per-tensor or (out, 1) per row.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-5
+
+
+def _rows(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """View the weight as the rows that share one scale: (out, in) per channel, (1, out*in) per tensor."""
+    return w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
+
+
+def absmean(w: torch.Tensor, per_channel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """BitNet b1.58: gamma = mean|W|, codes = RoundClip(W / (gamma + eps), -1, 1), scale = gamma."""
+    rows = _rows(w.float(), per_channel)
+    gamma = rows.abs().mean(dim=1, keepdim=True)
+    codes = (rows / (gamma + EPS)).round().clamp(-1, 1)
+    return codes.reshape(w.shape).to(torch.int8), gamma
+
+
+def twn(w: torch.Tensor, per_channel: bool = True, delta_factor: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ternary weight networks: delta = 0.7 mean|W|, codes = sign(W) [|W| > delta], alpha = mean of |W| > delta."""
+    rows = _rows(w.float(), per_channel)
+    mag = rows.abs()
+    delta = delta_factor * mag.mean(dim=1, keepdim=True)
+    support = mag > delta
+    alpha = (mag * support).sum(dim=1, keepdim=True) / support.sum(dim=1, keepdim=True).clamp(min=1)
+    codes = torch.sign(rows) * support
+    return codes.reshape(w.shape).to(torch.int8), alpha
+
+
+def l2_optimal(w: torch.Tensor, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact minimiser of ||w - alpha t||^2 per row: support = top-k by |w| with k = argmax P_k^2 / k."""
+    rows = _rows(w.float(), per_channel)
+    mag = rows.abs()
+    sorted_mag, _ = mag.sort(dim=1, descending=True)
+    prefix = sorted_mag.cumsum(dim=1)
+    k = torch.arange(1, rows.shape[1] + 1, device=rows.device, dtype=rows.dtype)
+    best = (prefix.square() / k).argmax(dim=1, keepdim=True)  # index k* - 1
+    alpha = prefix.gather(1, best) / (best + 1).to(rows.dtype)
+    threshold = sorted_mag.gather(1, best)  # the k*-th largest |w|: keep everything at least this large
+    codes = torch.sign(rows) * (mag >= threshold) * (alpha > 0)
+    return codes.reshape(w.shape).to(torch.int8), alpha
+
+
+METHODS = {
+    "absmean": absmean,
+    "twn": twn,
+    "l2_optimal": l2_optimal,
+}
+
+
+def ternarize(w: torch.Tensor, method: str, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dispatch to a data-free rule; returns (int8 codes shaped like `w`, float32 scale (rows, 1))."""
+    if method not in METHODS:
+        raise ValueError(f"unknown data-free ternary method {method!r}; choose one of {sorted(METHODS)}")
+    return METHODS[method](w, per_channel=per_channel)
