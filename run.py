@@ -9,12 +9,13 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import evaluate, generate, provenance, toyworld_train
+from experiments import evaluate, generate, provenance, storage, toyworld_train
 from flux158.errors import Flux158Error
 
 log = logging.getLogger("flux158")
 
-STAGES = {"generate": generate.run, "evaluate": evaluate.run, "train_toyworld": toyworld_train.run}
+STAGES = {"generate": generate.run, "evaluate": evaluate.run, "train_toyworld": toyworld_train.run,
+          "storage": storage.run}
 
 
 def _describe_run(cfg: DictConfig) -> None:
@@ -38,7 +39,7 @@ def main(cfg: DictConfig) -> None:
     try:
         for stage in cfg.stages:
             out = STAGES[stage](cfg)
-            log.info("stage %s -> %s", stage, out)
+            log.debug("stage %s -> %s", stage, out)  # each stage logs its own summary last
     except Flux158Error as e:  # a message the user can act on; a stack trace would only hide it
         log.error("%s", e)
         sys.exit(2)

@@ -89,3 +89,20 @@ def resolve_pretrained(spec: HubFluxSpec) -> str:
             f"{'is disabled (HF_HUB_OFFLINE=1)' if offline else 'cannot be reached'}.\n{_how_to_get(spec)}"
         )
     return snapshot
+
+
+# `transformer/config.json` of black-forest-labs/FLUX.1-dev (architecture only), so its shapes are known offline.
+FLUX1_DEV_TRANSFORMER_CONFIG = {
+    "patch_size": 1, "in_channels": 64, "out_channels": None, "num_layers": 19, "num_single_layers": 38,
+    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": (16, 56, 56),
+}
+
+
+def meta_flux_transformer(config: dict | None = None):
+    """FLUX.1-dev's transformer on the meta device: real shapes, no memory, no download."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    with torch.device("meta"):
+        return FluxTransformer2DModel(**(config or FLUX1_DEV_TRANSFORMER_CONFIG))
