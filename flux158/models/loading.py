@@ -11,6 +11,7 @@ from diffusers import FluxPipeline, FluxTransformer2DModel
 from flux158.errors import ModelUnavailableError
 from flux158.models.hub import HubFluxSpec, resolve_pretrained
 from flux158.models.tiny import TinyFluxSpec, ensure_tiny_pipeline
+from flux158.quant.checkpoint import is_quantized_checkpoint, load_quantized
 from flux158.toyworld.pipeline import ToyWorldPipeline, ToyWorldSource
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,12 @@ def load_pipeline(
     source = pipeline_source(spec, cache_dir)
     kwargs = {"revision": spec.revision} if isinstance(spec, HubFluxSpec) and spec.revision else {}
     try:
-        if transformer_path is not None:
+        if transformer_path is not None and is_quantized_checkpoint(transformer_path):
+            kwargs["transformer"] = load_quantized(transformer_path)
+        elif transformer_path is not None:
             if not (Path(transformer_path) / "config.json").exists():
-                raise ModelUnavailableError(f"transformer override {transformer_path} has no config.json")
+                raise ModelUnavailableError(f"transformer override {transformer_path} has neither a config.json nor "
+                                            "a quantization.json")
             kwargs["transformer"] = FluxTransformer2DModel.from_pretrained(transformer_path, dtype=dtype)
         pipeline_class = ToyWorldPipeline if isinstance(spec, ToyWorldSource) else FluxPipeline
         pipe = pipeline_class.from_pretrained(source, dtype=dtype, **kwargs)

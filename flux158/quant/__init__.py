@@ -1,7 +1,11 @@
 """Ternary (1.58-bit) quantization of FLUX: configs, rules, packing, `TernaryLinear`, `quantize_`."""
 
 from flux158.quant.api import QuantizationReport, block_linear_names, quantize_
+from flux158.quant.checkpoint import QuantizedCheckpointError, load_quantized, save_quantized
 from flux158.quant.config import TernaryConfig
 from flux158.quant.linear import TernaryLinear
 
-__all__ = ["QuantizationReport", "TernaryConfig", "TernaryLinear", "block_linear_names", "quantize_"]
+__all__ = [
+    "QuantizationReport", "QuantizedCheckpointError", "TernaryConfig", "TernaryLinear", "block_linear_names",
+    "load_quantized", "quantize_", "save_quantized",
+]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flux158.quant.config import TernaryConfig
-from flux158.quant.packing import pack, unpack
+from flux158.quant.packing import pack, packed_shape, unpack
 from flux158.quant.ternary import ternarize
 
 
@@ -24,8 +24,8 @@ class TernaryLinear(nn.Module):
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features, self.config = in_features, out_features, config
-        probe = pack(torch.zeros(out_features, in_features, dtype=torch.int8), config.packing)
-        self.register_buffer("packed", torch.empty(probe.shape, dtype=torch.uint8, device=device))
+        shape = packed_shape(config.packing, (out_features, in_features))
+        self.register_buffer("packed", torch.empty(shape, dtype=torch.uint8, device=device))
         rows = out_features if config.per_channel else 1
         self.register_buffer("scale", torch.empty(rows, 1, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)

@@ -53,6 +53,16 @@ def unpack_trit5(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return (digits[:numel] - 1).to(torch.int8).reshape(shape)
 
 
+def packed_shape(fmt: str, shape: tuple[int, int]) -> tuple[int, ...]:
+    """Shape of the packed tensor for (N, K) codes, without packing anything."""
+    n, k = shape
+    if fmt == "2bit":
+        return (-(-k // 4), n)
+    if fmt == "trit5":
+        return (-(-(n * k) // 5),)
+    raise ValueError(f"unknown packing {fmt!r}; choose one of {FORMATS}")
+
+
 def pack(codes: torch.Tensor, fmt: str) -> torch.Tensor:
     if fmt == "2bit":
         return pack_2bit(codes)

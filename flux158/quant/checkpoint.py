@@ -1,0 +1,98 @@
+"""Save and load a ternary FLUX transformer: one safetensors file plus two small JSON files.
+
+    <dir>/transformer_config.json   the FluxTransformer2DModel config (architecture)
+    <dir>/quantization.json         format version, method, granularity, packing, base model id/revision, layers
+    <dir>/model.safetensors         packed codes, scales and biases of the ternary layers; every other tensor as is
+
+Loading builds the model on the meta device and assigns the stored tensors, so no BF16 block weights are ever
+materialised. The result drops into `FluxPipeline.from_pretrained(base, transformer=...)`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from diffusers import FluxTransformer2DModel
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from flux158.errors import Flux158Error
+from flux158.quant.config import TernaryConfig
+from flux158.quant.linear import TernaryLinear
+
+FORMAT_VERSION = 1
+QUANT_FILE, CONFIG_FILE, WEIGHTS_FILE = "quantization.json", "transformer_config.json", "model.safetensors"
+
+
+class QuantizedCheckpointError(Flux158Error):
+    """A quantized checkpoint is missing, truncated, tampered with, or from another format or architecture."""
+
+
+def is_quantized_checkpoint(directory: Path) -> bool:
+    return (Path(directory) / QUANT_FILE).exists()
+
+
+def save_quantized(transformer: FluxTransformer2DModel, directory: Path, config: TernaryConfig,
+                   base_model: str | None = None, revision: str | None = None) -> Path:
+    """Write the quantized transformer to `directory` atomically (a `.partial` directory renamed at the end)."""
+    layers = sorted(n for n, m in transformer.named_modules() if isinstance(m, TernaryLinear))
+    if not layers:
+        raise ValueError("the transformer has no TernaryLinear layers: run quantize_ first")
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().contiguous() for k, v in transformer.state_dict().items()}
+    save_file(state, tmp / WEIGHTS_FILE, metadata={"format_version": str(FORMAT_VERSION)})
+    (tmp / CONFIG_FILE).write_text(json.dumps(dict(transformer.config), indent=2, default=list))
+    meta = {"format_version": FORMAT_VERSION, **asdict(config), "base_model": base_model, "revision": revision,
+            "layers": layers}
+    (tmp / QUANT_FILE).write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+    return directory
+
+
+def load_quantized(directory: Path, device: str | torch.device = "cpu") -> FluxTransformer2DModel:
+    """Load a checkpoint written by `save_quantized` (meta-device build, then tensors assigned).
+
+    Raises:
+        QuantizedCheckpointError: missing files, unknown format version, unreadable or tampered weights, or tensors
+            whose names or shapes do not match the stored architecture.
+    """
+    directory = Path(directory)
+    try:
+        meta = json.loads((directory / QUANT_FILE).read_text())
+        arch = json.loads((directory / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise QuantizedCheckpointError(f"{directory} is not a readable quantized checkpoint: {e}") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise QuantizedCheckpointError(
+            f"{directory} has format version {meta.get('format_version')}, this code reads {FORMAT_VERSION}")
+    config = TernaryConfig(meta["method"], meta["granularity"], meta["packing"])
+    with torch.device("meta"):
+        model = FluxTransformer2DModel.from_config(arch)
+        for name in meta["layers"]:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            old = getattr(parent, child)
+            setattr(parent, child, TernaryLinear(old.in_features, old.out_features, old.bias is not None, config,
+                                                 old.weight.dtype, "meta"))
+    try:
+        state = load_file(directory / WEIGHTS_FILE, device=str(device))
+    except (OSError, SafetensorError) as e:
+        raise QuantizedCheckpointError(
+            f"cannot read {directory / WEIGHTS_FILE} (truncated or tampered?): {e}") from None
+    expected = model.state_dict()
+    missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
+    wrong = [k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise QuantizedCheckpointError(
+            f"{directory} does not match its architecture: missing {sorted(missing)[:3]}, unexpected "
+            f"{sorted(unexpected)[:3]}, wrong shapes {sorted(wrong)[:3]}")
+    model.load_state_dict(state, assign=True)
+    return model.eval()
