@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from eval.fidelity import image_fidelity
 from eval.geneval.rules import summarize
 from eval.toyworld.detector import ToyDetector
 from eval.toyworld.scoring import score_folder
@@ -33,6 +34,19 @@ def _score(cfg: DictConfig, images: Path) -> list[dict]:
                        "the GenEval and T2I-CompBench evaluators are tracked in their own issues")
 
 
+def _fidelity_to_bf16(cfg: DictConfig, images: Path) -> dict | None:
+    """PSNR/SSIM against the BF16 model's images on the same seeds, when those exist (run quant=bf16 first)."""
+    if cfg.quant.name == "bf16":
+        return None
+    reference_cfg = cfg.copy()
+    reference_cfg.quant = OmegaConf.load(provenance.REPO / "configs" / "quant" / "bf16.yaml")
+    reference = generate.output_dir(reference_cfg)
+    if not is_done(reference):
+        log.warning("no complete BF16 images at %s: fidelity skipped (run quant=bf16 first)", reference)
+        return None
+    return image_fidelity(reference, images, pattern="*/samples/*.png")  # both layouts keep images there
+
+
 def run(cfg: DictConfig) -> Path:
     """Write `outputs/evaluate/<benchmark>/<model>-<quant>-<hash>/{metrics.json,results.jsonl}`."""
     images = generate.output_dir(cfg)
@@ -45,11 +59,14 @@ def run(cfg: DictConfig) -> Path:
         return out
     rows = _score(cfg, images)
     scores = summarize(rows)
+    fidelity = _fidelity_to_bf16(cfg, images)
     metrics = {
         "model": cfg.model.name, "quant": cfg.quant.name, "benchmark": cfg.benchmark.name,
         "config_hash": out.name.rsplit("-", 1)[-1], "images_dir": str(images), "num_images": len(rows),
         **provenance.environment(), "metrics": scores,
     }
+    if fidelity is not None:
+        metrics["fidelity_to_bf16"] = fidelity
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
     atomic_write(out / "results.jsonl",

@@ -105,6 +105,12 @@ def test_toyworld_experiment_writes_metrics(compose, tmp_path):
     for r in rows:
         by_tag.setdefault(r["tag"], []).append(r["correct"])
     assert metrics["metrics"]["overall"] == pytest.approx(np.mean([np.mean(v) for v in by_tag.values()]))
+    assert "fidelity_to_bf16" not in metrics
+    quantized = compose("logger=none", "benchmark.samples_per_prompt=1", "quant=absmean")
+    generate.run(quantized)
+    qmetrics = json.loads((evaluate.run(quantized) / "metrics.json").read_text())
+    fidelity = qmetrics["fidelity_to_bf16"]
+    assert fidelity["images"] == metrics["num_images"] and fidelity["psnr"] < 20 and fidelity["ssim"] < 0.5
 
 
 def test_retrained_weights_get_new_artifact_dirs(compose, tmp_path):
