@@ -11,7 +11,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 
 def _load(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1).float()[None] / 255
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float()[None] / 255
 
 
 def image_fidelity(reference_dir: Path, candidate_dir: Path, pattern: str = "**/*.png") -> dict[str, float]:
