@@ -87,8 +87,8 @@ def _plain(value):
 def artifact_dir(cfg: DictConfig, stage: str, keys: list[str]) -> tuple[Path, dict]:
     """`<output_dir>/<stage>/<benchmark>/<model>-<quant>-<hash8>` keyed by the config sections in `keys`."""
     determining = {k: _plain(OmegaConf.select(cfg, k)) for k in keys}
-    spec = model_spec(cfg)
-    if "model" in keys and isinstance(spec, ToyWorldSource):  # same config, retrained weights: a new directory
+    spec = model_spec(cfg) if "model" in keys else None
+    if isinstance(spec, ToyWorldSource):  # same config, retrained weights: a new directory
         determining["model_weights_sha256"] = spec.fingerprint()
     name = f"{cfg.model.name}-{cfg.quant.name}-{config_hash(determining)}"
     return Path(cfg.paths.output_dir) / stage / cfg.benchmark.name / name, determining

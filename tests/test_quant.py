@@ -47,7 +47,7 @@ def test_twn_matches_its_definition():
         assert alpha[r, 0].item() == pytest.approx(sum(kept) / len(kept), rel=1e-6)
 
 
-def test_l2_optimal_beats_brute_force_never():
+def test_l2_optimal_matches_brute_force():
     w = torch.randn(4, 7, generator=torch.Generator().manual_seed(2))
     codes, alpha = l2_optimal(w)
     for r in range(4):

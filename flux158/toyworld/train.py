@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -162,8 +163,6 @@ def _ema_weights(model: torch.nn.Module, ema: AveragedModel) -> Iterator[None]:
 
 def export_ema(pipe: ToyWorldPipeline, model: torch.nn.Module, ema: AveragedModel, target: Path) -> Path:
     """Save the pipeline with EMA weights in fp16 safetensors (well under 5 MB), atomically."""
-    import shutil
-
     model.load_state_dict(ema.module.state_dict())
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
