@@ -5,18 +5,25 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from flux158.artifacts import config_hash
+from flux158.artifacts import config_hash, is_done
 from flux158.data.prompts import PromptItem, geneval_prompts_from_records, load_prompt_set, take_per_group
 from flux158.models import ModelSpec, ToyWorldSource, load_pipeline, parse_dtype
-from flux158.quant import quantize_
+from flux158.quant import TernaryConfig, quantize_
+from flux158.quant.calibration import CalibrationError
 from flux158.sharding import combine_shards
-from flux158.toyworld.scenes import heldout_prompts
+from flux158.toyworld.scenes import heldout_prompts, sample_prompt
 
 log = logging.getLogger(__name__)
+
+# Config sections that determine the teacher states: shared by every quantization method.
+CALIBRATION_KEYS = ["model", "sampler", "calib.name", "calib.prompt_set", "calib.prompts", "calib.num_prompts",
+                    "calib.heldout", "calib.states_per_prompt", "calib.chunk_size", "calib.batch_size", "calib.seed"]
+QUANTIZED_SUBDIR = "transformer"
 
 
 def prompts(cfg: DictConfig) -> list[PromptItem]:
@@ -57,11 +64,71 @@ def model_spec(cfg: DictConfig) -> ModelSpec:
     return instantiate(cfg.model.spec, _convert_="all")
 
 
+def quant_config(cfg: DictConfig) -> TernaryConfig | None:
+    """The configured `TernaryConfig`, or None for the unquantized model."""
+    return instantiate(cfg.quant.config) if cfg.quant.get("config") is not None else None
+
+
+def full_precision(cfg: DictConfig) -> DictConfig:
+    """The same config without quantization (the teacher)."""
+    plain = cfg.copy()
+    plain.quant.config = None
+    plain.quant.checkpoint = None
+    return plain
+
+
+def calibration_dir(cfg: DictConfig) -> Path:
+    """`<output_dir>/calibrate/<calib>/<model>-<hash8>`: shared by every method on the same model and sampler."""
+    return keyed_dir(cfg, ["calibrate", cfg.calib.name], cfg.model.name, CALIBRATION_KEYS)[0]
+
+
+def quantize_dir(cfg: DictConfig) -> Path:
+    """`<output_dir>/quantize/<model>-<quant>-<hash8>`, keyed by the calibration too when the method uses it."""
+    keys = ["model", "quant"] + (CALIBRATION_KEYS[1:] if quant_config(cfg).needs_calibration else [])
+    return keyed_dir(cfg, ["quantize"], f"{cfg.model.name}-{cfg.quant.name}", keys)[0]
+
+
+def calibration_prompts(cfg: DictConfig) -> dict[str, list[str]]:
+    """The `train` and `heldout` calibration prompts: a seeded shuffle of `calib.prompt_set`, held-out first."""
+    calib = cfg.calib
+    wanted = calib.num_prompts + calib.heldout
+    if calib.prompt_set == "toyworld_train":  # the toy model's training distribution (an endless supply)
+        rng = np.random.default_rng(calib.seed)
+        texts = [sample_prompt(rng)["prompt"] for _ in range(wanted)]
+    elif calib.prompt_set == "inline":
+        texts = [str(p) for p in calib.prompts]
+        if len(texts) < wanted:
+            raise ValueError(f"calib asks for {wanted} prompts but lists {len(texts)}")
+        texts = [texts[i] for i in np.random.default_rng(calib.seed).permutation(len(texts))[:wanted]]
+    else:
+        mirror = cfg.paths.get("prompt_mirror")
+        items = load_prompt_set(calib.prompt_set, cache_dir=Path(cfg.paths.data_dir),
+                                mirror_dirs=[Path(mirror)] if mirror else [])
+        if len(items) < wanted:
+            raise ValueError(f"calib asks for {wanted} prompts but {calib.prompt_set!r} has {len(items)}")
+        order = np.random.default_rng(calib.seed).permutation(len(items))[:wanted]
+        texts = [items[i].prompt for i in order]
+    return {"heldout": texts[:calib.heldout], "train": texts[calib.heldout:]}
+
+
 def pipeline(cfg: DictConfig, device: torch.device):
-    """The FLUX pipeline of `cfg.model`, with `cfg.quant.checkpoint` as its transformer when set."""
+    """The FLUX pipeline of `cfg.model` with its transformer quantized as `cfg.quant` says.
+
+    The transformer comes from `cfg.quant.checkpoint` when set, else from the quantize stage's checkpoint when it
+    exists; a data-free method without a checkpoint is applied in memory, a calibrated one is an error.
+    """
     from accelerate import PartialState
 
     checkpoint = cfg.quant.get("checkpoint")
+    config = quant_config(cfg)
+    if checkpoint is None and config is not None:
+        stored = quantize_dir(cfg)
+        if is_done(stored):
+            checkpoint = str(stored / QUANTIZED_SUBDIR)
+            log.info("using the quantized checkpoint %s", checkpoint)
+        elif config.needs_calibration:
+            raise CalibrationError(f"quant={cfg.quant.name} needs its quantized checkpoint, which is not at {stored}: "
+                                   "run the stages calibrate and quantize first (stages=[calibrate,quantize,...])")
     wanted = cfg.get("device", "auto")
     # The main process builds or downloads first; the others then read its files instead of racing it.
     with PartialState().main_process_first():
@@ -73,8 +140,8 @@ def pipeline(cfg: DictConfig, device: torch.device):
             transformer_path=Path(checkpoint) if checkpoint else None,
             cpu_offload=cfg.model.get("cpu_offload", False),
         )
-    if cfg.quant.get("config") is not None:
-        report = quantize_(pipe.transformer, instantiate(cfg.quant.config))
+    if config is not None and checkpoint is None:
+        report = quantize_(pipe.transformer, config)
         log.info("quantized %d block linears (%.2f%% of %d transformer parameters) with %s", len(report.quantized),
                  100 * report.share, report.total_params, cfg.quant.name)
     return pipe
@@ -84,11 +151,21 @@ def _plain(value):
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def artifact_dir(cfg: DictConfig, stage: str, keys: list[str]) -> tuple[Path, dict]:
-    """`<output_dir>/<stage>/<benchmark>/<model>-<quant>-<hash8>` keyed by the config sections in `keys`."""
+def keyed_dir(cfg: DictConfig, parts: list[str], label: str, keys: list[str]) -> tuple[Path, dict]:
     determining = {k: _plain(OmegaConf.select(cfg, k)) for k in keys}
     spec = model_spec(cfg) if "model" in keys else None
     if isinstance(spec, ToyWorldSource):  # same config, retrained weights: a new directory
         determining["model_weights_sha256"] = spec.fingerprint()
-    name = f"{cfg.model.name}-{cfg.quant.name}-{config_hash(determining)}"
-    return Path(cfg.paths.output_dir) / stage / cfg.benchmark.name / name, determining
+    return Path(cfg.paths.output_dir).joinpath(*parts) / f"{label}-{config_hash(determining)}", determining
+
+
+def artifact_dir(cfg: DictConfig, stage: str, keys: list[str]) -> tuple[Path, dict]:
+    """`<output_dir>/<stage>/<benchmark>/<model>-<quant>-<hash8>` keyed by the config sections in `keys`.
+
+    A quantized model whose checkpoint comes from the quantize stage is keyed by that checkpoint's directory too
+    (it depends on the calibration settings, which `keys` need not name).
+    """
+    config = quant_config(cfg) if "quant" in keys else None
+    if config is not None and config.needs_calibration and not cfg.quant.get("checkpoint"):
+        keys = [*keys, *CALIBRATION_KEYS[1:]]
+    return keyed_dir(cfg, [stage, cfg.benchmark.name], f"{cfg.model.name}-{cfg.quant.name}", keys)

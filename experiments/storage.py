@@ -28,26 +28,21 @@ def _transformer(cfg: DictConfig) -> torch.nn.Module:
     if isinstance(resolve.model_spec(cfg), HubFluxSpec):
         arch = {**FLUX1_DEV_TRANSFORMER_CONFIG, "guidance_embeds": cfg.model.get("guidance_embeds", True)}
         return meta_flux_transformer(arch)
-    return resolve.pipeline(_bf16(cfg), torch.device("cpu")).transformer
-
-
-def _bf16(cfg: DictConfig) -> DictConfig:
-    """The same config without quantization: storage is computed from the unquantized shapes."""
-    plain = cfg.copy()
-    plain.quant.config = None
-    return plain
+    return resolve.pipeline(resolve.full_precision(cfg), torch.device("cpu")).transformer
 
 
 def run(cfg: DictConfig) -> Path:
     quant = cfg.quant.get("config")
-    per_channel = instantiate(quant).per_channel if quant is not None else False
-    report = storage_report(_transformer(cfg), per_channel_scales=per_channel)
+    config = instantiate(quant) if quant is not None else None
+    per_channel = config.per_channel if config is not None else False
+    rank = config.lowrank_rank if config is not None else 0
+    report = storage_report(_transformer(cfg), per_channel_scales=per_channel, lowrank_rank=rank)
     out = Path(cfg.paths.output_dir) / "storage" / f"{cfg.model.name}-{cfg.quant.name}"
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"model": cfg.model.name, "quant": cfg.quant.name, "benchmark": "storage", **provenance.environment(),
                "metrics": {**asdict(report), "quantized_share": report.quantized_share,
                            "ratio_2bit": report.ratio("2bit"), "ratio_trit5": report.ratio("trit5"),
-                           "scales": "per_channel" if per_channel else "per_tensor"}}
+                           "scales": "per_channel" if per_channel else "per_tensor", "lowrank_rank": rank}}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     with tracking.track(cfg, "storage") as tracker:
         tracker.summary(metrics["metrics"])

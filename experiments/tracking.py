@@ -41,6 +41,14 @@ class Tracker:
         if self.run is not None:
             self.run.summary.update(dict(values))
 
+    def table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Log a plain `wandb.Table` (e.g. per-layer statistics)."""
+        if self.run is None or not rows:
+            return
+        import wandb
+
+        self.run.log({key: wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
+
     def image_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], image_column: str) -> None:
         """Log a `wandb.Table`; the cell in `image_column` is a path to an image file."""
         if self.run is None or not rows:

@@ -71,3 +71,21 @@ def test_generate_uses_a_quantized_checkpoint(quantized, compose, tmp_path):
     a = sorted(p.read_bytes() for p in from_ckpt.rglob("*.png"))
     b = sorted(p.read_bytes() for p in in_memory.rglob("*.png"))
     assert len(a) == 6 and a == b
+
+
+def test_streaming_quantization_of_a_sharded_checkpoint_equals_in_memory(model_cache, tmp_path):
+    from flux158.quant.streaming import quantize_checkpoint_streaming
+
+    pipe = FluxPipeline.from_pretrained(ensure_tiny_pipeline(TinyFluxSpec(), model_cache))
+    pipe.transformer.save_pretrained(tmp_path / "bf16", max_shard_size="60KB")  # many shards, as FLUX.1-dev has 3
+    assert len(list((tmp_path / "bf16").glob("*.safetensors"))) > 3
+    config = TernaryConfig("l2_optimal", "channel", lowrank_rank=2)
+    stats = quantize_checkpoint_streaming(tmp_path / "bf16", tmp_path / "q", config, "tiny", progress=False)
+    streamed = load_quantized(tmp_path / "q")
+
+    report = quantize_(pipe.transformer, config)
+    assert sorted(stats) == sorted(report.layers) and len(stats) == 40
+    assert all(stats[n].sqnr_db == pytest.approx(report.layers[n].sqnr_db) for n in stats)
+    a, b = streamed.state_dict(), pipe.transformer.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the same bytes
+    torch.testing.assert_close(_out(streamed), _out(pipe.transformer), rtol=0, atol=1e-5)  # GEMM blocking may differ

@@ -106,3 +106,14 @@ def meta_flux_transformer(config: dict | None = None):
 
     with torch.device("meta"):
         return FluxTransformer2DModel(**(config or FLUX1_DEV_TRANSFORMER_CONFIG))
+
+
+def transformer_folder(spec: HubFluxSpec) -> Path:
+    """The local `transformer/` folder of the pipeline (downloading only that folder when online)."""
+    source = resolve_pretrained(spec)
+    if Path(source).is_dir():
+        return Path(source) / "transformer"
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(spec.pretrained, revision=spec.revision, allow_patterns=["transformer/*"])) / (
+        "transformer")

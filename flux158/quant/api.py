@@ -3,27 +3,50 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import torch
 from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
 from torch import nn
 
+from flux158.quant.blocks import flux_blocks
+from flux158.quant.blockwise import quantize_blockwise
 from flux158.quant.config import TernaryConfig
+from flux158.quant.distill import distill_block, tune_end_to_end
+from flux158.quant.gptq import gptq_block
 from flux158.quant.linear import TernaryLinear
+from flux158.quant.metrics import LayerStats, layer_stats
 
 BLOCK_TYPES = (FluxTransformerBlock, FluxSingleTransformerBlock)
 
 
 @dataclass
 class QuantizationReport:
-    """What `quantize_` changed: the replaced layers and the parameter counts."""
+    """What `quantize_` changed: the replaced layers, the parameter counts and per-layer weight statistics.
+
+    `distill_blocks` holds per block the block-output error at the stage-0 init and after stage 1 (`distill`
+    only); `e2e_losses` the stage-2 training losses.
+    """
 
     quantized: list[str] = field(default_factory=list)
     quantized_params: int = 0
     total_params: int = 0
+    layers: dict[str, LayerStats] = field(default_factory=dict)
+    distill_blocks: list[dict] = field(default_factory=list)
+    e2e_losses: list[float] = field(default_factory=list)
 
     @property
     def share(self) -> float:
         return self.quantized_params / self.total_params if self.total_params else 0.0
+
+    def mean_sqnr_db(self) -> float:
+        """Parameter-weighted mean weight SQNR over the quantized layers."""
+        total = sum(s.params for s in self.layers.values())
+        return sum(s.sqnr_db * s.params for s in self.layers.values()) / total if total else float("nan")
+
+    def zero_fraction(self) -> float:
+        total = sum(s.params for s in self.layers.values())
+        return sum(s.zero_fraction * s.params for s in self.layers.values()) / total if total else float("nan")
 
 
 def block_linear_names(transformer: nn.Module) -> list[str]:
@@ -35,17 +58,49 @@ def block_linear_names(transformer: nn.Module) -> list[str]:
     return names
 
 
-def quantize_(transformer: nn.Module, config: TernaryConfig) -> QuantizationReport:
-    """Ternarize every block linear of a `FluxTransformer2DModel` in place; everything else is untouched.
-
-    On FLUX.1-dev this replaces 494 layers (19 double blocks x 14 + 38 single blocks x 6 linears).
-    """
-    report = QuantizationReport(total_params=sum(p.numel() for p in transformer.parameters()))
+def _quantize_data_free(transformer: nn.Module, config: TernaryConfig, report: QuantizationReport) -> None:
     for name in block_linear_names(transformer):
         parent_name, _, child = name.rpartition(".")
         parent = transformer.get_submodule(parent_name)
         linear = getattr(parent, child)
-        report.quantized_params += linear.weight.numel()
-        setattr(parent, child, TernaryLinear.from_linear(linear, config))
-        report.quantized.append(name)
+        module = TernaryLinear.from_linear(linear, config)
+        report.layers[name] = layer_stats(linear.weight, module.dequantize(), module.codes())
+        setattr(parent, child, module)
+
+
+def quantize_(transformer: nn.Module, config: TernaryConfig, calib=None, *, device: torch.device | str | None = None,
+              batch_size: int = 8, checkpoint_dir: Path | None = None, progress: bool = False) -> QuantizationReport:
+    """Ternarize every block linear of a `FluxTransformer2DModel` in place; everything else is untouched.
+
+    On FLUX.1-dev this replaces 494 layers (19 double blocks x 14 + 38 single blocks x 6 linears).
+
+    Args:
+        calib: a `CalibrationSet` of teacher states; required by `gptq` and `distill`, ignored otherwise.
+        device: where block-wise methods compute (default: the transformer's device).
+        batch_size: calibration rows per forward pass of the block-wise methods.
+        checkpoint_dir: block-wise methods save each finished block here and resume from it.
+        progress: show progress bars.
+    """
+    names = block_linear_names(transformer)
+    weights = {n: transformer.get_submodule(n).weight for n in names}
+    report = QuantizationReport(total_params=sum(p.numel() for p in transformer.parameters()),
+                                quantized=names, quantized_params=sum(w.numel() for w in weights.values()))
+    if not config.needs_calibration:
+        _quantize_data_free(transformer, config, report)
+        return report
+    if calib is None:
+        raise ValueError(f"method {config.method!r} needs calibration data (calib=CalibrationSet)")
+
+    device = torch.device(device) if device is not None else next(transformer.parameters()).device
+    if config.method == "gptq":
+        calib_rows = calib if config.gptq.max_rows is None else type(calib)(calib.records[:config.gptq.max_rows])
+        block_fn = gptq_block(config, device)
+        report.layers = quantize_blockwise(transformer, calib_rows, config, block_fn, batch_size=batch_size,
+                                           device=device, checkpoint_dir=checkpoint_dir, progress=progress)
+    else:
+        block_fn = distill_block(config, device, len(flux_blocks(transformer)), report.distill_blocks)
+        report.layers = quantize_blockwise(transformer, calib, config, block_fn, batch_size=batch_size,
+                                           device=device, checkpoint_dir=checkpoint_dir, progress=progress)
+        if config.distill.e2e_steps:
+            report.e2e_losses = tune_end_to_end(transformer, calib, config, device, progress)
     return report

@@ -3,6 +3,7 @@
     <dir>/transformer_config.json   the FluxTransformer2DModel config (architecture)
     <dir>/quantization.json         format version, method, granularity, packing, base model id/revision, layers
     <dir>/model.safetensors         packed codes, scales and biases of the ternary layers; every other tensor as is
+                                    (or model-<i>-of-<n>.safetensors, as the streaming quantizer writes it)
 
 Loading builds the model on the meta device and assigns the stored tensors, so no BF16 block weights are ever
 materialised. The result drops into `FluxPipeline.from_pretrained(base, transformer=...)`.
@@ -73,7 +74,7 @@ def load_quantized(directory: Path, device: str | torch.device = "cpu") -> FluxT
     if meta.get("format_version") != FORMAT_VERSION:
         raise QuantizedCheckpointError(
             f"{directory} has format version {meta.get('format_version')}, this code reads {FORMAT_VERSION}")
-    config = TernaryConfig(meta["method"], meta["granularity"], meta["packing"])
+    config = TernaryConfig(meta["method"], meta["granularity"], meta["packing"], meta.get("lowrank_rank", 0))
     with torch.device("meta"):
         model = FluxTransformer2DModel.from_config(arch)
         for name in meta["layers"]:
@@ -82,11 +83,16 @@ def load_quantized(directory: Path, device: str | torch.device = "cpu") -> FluxT
             old = getattr(parent, child)
             setattr(parent, child, TernaryLinear(old.in_features, old.out_features, old.bias is not None, config,
                                                  old.weight.dtype, "meta"))
-    try:
-        state = load_file(directory / WEIGHTS_FILE, device=str(device))
-    except (OSError, SafetensorError) as e:
-        raise QuantizedCheckpointError(
-            f"cannot read {directory / WEIGHTS_FILE} (truncated or tampered?): {e}") from None
+    files = [directory / WEIGHTS_FILE] if (directory / WEIGHTS_FILE).exists() else sorted(
+        directory.glob("model-*-of-*.safetensors"))  # the streaming quantizer writes one file per source shard
+    if not files:
+        raise QuantizedCheckpointError(f"{directory} has no weights ({WEIGHTS_FILE} or model-*-of-*.safetensors)")
+    state = {}
+    for file in files:
+        try:
+            state.update(load_file(file, device=str(device)))
+        except (OSError, SafetensorError) as e:
+            raise QuantizedCheckpointError(f"cannot read {file} (truncated or tampered?): {e}") from None
     expected = model.state_dict()
     missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
     wrong = [k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape]

@@ -1,13 +1,87 @@
-"""`TernaryConfig`: what to ternarize and how, validated on construction."""
+"""`TernaryConfig`: what to ternarize and how, validated on construction; plus the options of the data methods."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from flux158.quant.packing import FORMATS
-from flux158.quant.ternary import METHODS
+from flux158.quant.ternary import METHODS as DATA_FREE_METHODS
 
 GRANULARITIES = ("tensor", "channel")
+CALIBRATED_METHODS = ("gptq", "distill")
+
+
+@dataclass(frozen=True)
+class GPTQConfig:
+    """GPTQ on the ternary grid {-a, 0, a} per output row (`quant_methods.md` section 6).
+
+    Attributes:
+        damp: dampening, as a fraction of the mean Hessian diagonal.
+        block_size: columns updated lazily together.
+        act_order: quantize columns in order of decreasing Hessian diagonal.
+        true_sequential: collect each linear's Hessian after the block's earlier linears are quantized.
+        refit_scale: after rounding, refit each row's scale to the codes in the Hessian norm.
+        max_rows: calibration records used (None = all).
+    """
+
+    damp: float = 0.01
+    block_size: int = 128
+    act_order: bool = True
+    true_sequential: bool = True
+    refit_scale: bool = True
+    max_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.damp < 10 or self.block_size < 1:
+            raise ValueError(f"invalid GPTQ options: damp={self.damp}, block_size={self.block_size}")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Self-distillation from the full-precision teacher (`quant_methods.md` section 5).
+
+    Stage 1, per block in order: latent weights (straight-through ternary), per-row scales and biases trained so
+    the block, fed the already-quantized prefix's output, reproduces the teacher block's output. Stage 2: the
+    scales and biases of the whole transformer tuned on the cached teacher velocities.
+
+    Learning rates of latent weights and scales are relative to each layer's initial scale, so one setting
+    serves models whose weights differ in magnitude (a FLUX.1-dev block linear's scale is ~0.02).
+
+    Attributes:
+        block_steps: optimizer steps per block in stage 1 (0 skips stage 1).
+        batch_size: calibration rows per step (both stages).
+        lr_weight, lr_scale: Adam step sizes relative to the layer's initial scale.
+        lr_bias: absolute Adam step size of biases.
+        e2e_steps: optimizer steps of stage 2 (0 skips it).
+        e2e_lr_scale, e2e_lr_bias: stage-2 step sizes (the scale's relative, as above).
+        e2e_lr_weight: stage-2 step size of the latent weights (relative); 0 keeps the codes frozen, as in
+            EfficientQAT's E2E-QP. Above 0 every weight gets an fp32 latent copy and Adam state (16 bytes per
+            weight: fine for small models, ~190 GB for FLUX.1-dev).
+        grad_clip: gradient-norm clip.
+        ste_clip: latent weights pass gradient while |w / scale| < ste_clip (ParetoQ-style wide band).
+        txt_weight_last: loss weight of the text stream of the last single block (FLUX discards it).
+        seed: the order calibration rows are drawn in.
+    """
+
+    block_steps: int = 1000
+    batch_size: int = 4
+    lr_weight: float = 1e-3
+    lr_scale: float = 5e-3
+    lr_bias: float = 1e-5
+    e2e_steps: int = 2000
+    e2e_lr_scale: float = 1e-3
+    e2e_lr_bias: float = 1e-5
+    e2e_lr_weight: float = 0.0
+    grad_clip: float = 0.3
+    ste_clip: float = 1.49
+    txt_weight_last: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.block_steps < 0 or self.e2e_steps < 0 or self.batch_size < 1:
+            raise ValueError("block_steps and e2e_steps must be >= 0 and batch_size >= 1")
+        if self.ste_clip <= 0.5:
+            raise ValueError("ste_clip must exceed 0.5 (the rounding threshold), e.g. 1.49")
 
 
 @dataclass(frozen=True)
@@ -15,23 +89,46 @@ class TernaryConfig:
     """Ternary quantization of FLUX's block linears.
 
     Attributes:
-        method: a data-free rule (`absmean`, `twn`, `l2_optimal`).
-        granularity: one scale per `tensor` or per output `channel`.
+        method: a data-free rule (`absmean`, `twn`, `l2_optimal`) or a calibrated method (`gptq`, `distill`).
+        granularity: one scale per `tensor` or per output `channel` (`gptq` and `distill` need `channel`).
         packing: storage format of the codes, `2bit` (compute) or `trit5` (archival).
+        lowrank_rank: rank of an optional BF16 correction `A @ B` of each layer's residual (0 = pure ternary; its
+            bytes count in every storage figure).
+        gptq, distill: options of those methods (defaults filled in when the method is chosen).
     """
 
     method: str = "absmean"
     granularity: str = "tensor"
     packing: str = "2bit"
+    lowrank_rank: int = 0
+    gptq: GPTQConfig | None = None
+    distill: DistillConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(METHODS)}")
+        methods = sorted(DATA_FREE_METHODS) + list(CALIBRATED_METHODS)
+        if self.method not in methods:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {methods}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"unknown granularity {self.granularity!r}; choose one of {GRANULARITIES}")
         if self.packing not in FORMATS:
             raise ValueError(f"unknown packing {self.packing!r}; choose one of {FORMATS}")
+        if self.lowrank_rank < 0:
+            raise ValueError(f"lowrank_rank must be >= 0, got {self.lowrank_rank}")
+        if self.method in CALIBRATED_METHODS and self.granularity != "channel":
+            raise ValueError(f"{self.method} learns one scale per output channel: use granularity='channel'")
+        if self.method == "gptq" and self.gptq is None:
+            object.__setattr__(self, "gptq", GPTQConfig())
+        if self.method == "distill" and self.distill is None:
+            object.__setattr__(self, "distill", DistillConfig())
+        for name, kind in (("gptq", GPTQConfig), ("distill", DistillConfig)):  # from JSON / plain dicts
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, kind(**value))
 
     @property
     def per_channel(self) -> bool:
         return self.granularity == "channel"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method in CALIBRATED_METHODS

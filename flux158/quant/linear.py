@@ -11,13 +11,22 @@ from flux158.quant.packing import pack, packed_shape, unpack
 from flux158.quant.ternary import ternarize
 
 
+def lowrank_factors(residual: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A (out, r), B (r, in)) with A @ B the best rank-`rank` approximation of `residual` (truncated SVD)."""
+    u, s, vh = torch.linalg.svd(residual.float(), full_matrices=False)
+    root = s[:rank].sqrt()
+    return u[:, :rank] * root, root[:, None] * vh[:rank]
+
+
 class TernaryLinear(nn.Module):
-    """y = x @ (scale * codes)^T + bias, with codes in {-1, 0, +1} stored packed.
+    """y = x @ (scale * codes)^T [+ (x @ B^T) @ A^T] + bias, with codes in {-1, 0, +1} stored packed.
 
     Buffers:
         packed: uint8 codes in `config.packing` layout (see `flux158.quant.packing`).
         scale: float32 (out, 1) per channel or (1, 1) per tensor.
-        bias: the original bias (same dtype), or None.
+        bias: the layer's bias (the layer's dtype), or None.
+        lowrank_a, lowrank_b: the optional correction (out, r) and (r, in) in the layer's dtype
+            (`config.lowrank_rank > 0`).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool, config: TernaryConfig,
@@ -29,33 +38,68 @@ class TernaryLinear(nn.Module):
         rows = out_features if config.per_channel else 1
         self.register_buffer("scale", torch.empty(rows, 1, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
+        r = config.lowrank_rank
+        self.register_buffer("lowrank_a", torch.empty(out_features, r, dtype=dtype, device=device) if r else None)
+        self.register_buffer("lowrank_b", torch.empty(r, in_features, dtype=dtype, device=device) if r else None)
+        self._codes_cache: torch.Tensor | None = None
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, config: TernaryConfig,
+                   weight: torch.Tensor | None = None,
+                   lowrank: tuple[torch.Tensor, torch.Tensor] | None = None) -> TernaryLinear:
+        """Build from (out, in) codes in {-1, 0, 1} and their scale. With `config.lowrank_rank > 0` the correction
+        is `lowrank` (A, B) when given, else fitted to the residual of `weight` (the original)."""
+        out_features, in_features = codes.shape
+        dtype = bias.dtype if bias is not None else (weight.dtype if weight is not None else torch.float32)
+        module = cls(in_features, out_features, bias is not None, config, dtype, codes.device)
+        module.packed.copy_(pack(codes, config.packing))
+        module.scale.copy_(scale.reshape(module.scale.shape))
+        if bias is not None:
+            module.bias.copy_(bias.detach())
+        if config.lowrank_rank and lowrank is not None:
+            module.lowrank_a.copy_(lowrank[0])
+            module.lowrank_b.copy_(lowrank[1])
+        elif config.lowrank_rank:
+            if weight is None:
+                raise ValueError("a low-rank correction needs the original weight")
+            residual = weight.detach().float() - codes.float() * module.scale
+            a, b = lowrank_factors(residual, config.lowrank_rank)
+            module.lowrank_a.copy_(a)
+            module.lowrank_b.copy_(b)
+        return module
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, config: TernaryConfig) -> TernaryLinear:
-        """Ternarize `linear.weight` with `config.method` and keep its bias."""
+        """Ternarize `linear.weight` with the data-free rule `config.method` and keep its bias."""
         w = linear.weight.detach()
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, config, w.dtype, w.device)
         codes, scale = ternarize(w, config.method, config.per_channel)
-        module.packed.copy_(pack(codes, config.packing))
-        module.scale.copy_(scale)
-        if linear.bias is not None:
-            module.bias.copy_(linear.bias.detach())
-        return module
+        return cls.from_codes(codes, scale, linear.bias, config, weight=w)
 
     def codes(self) -> torch.Tensor:
         """(out, in) int8 codes."""
+        if self._codes_cache is not None:
+            return self._codes_cache
         return unpack(self.packed, self.config.packing, (self.out_features, self.in_features))
 
+    def cache_codes(self, enabled: bool = True) -> None:
+        """Keep the unpacked codes (1 byte per weight) between calls, e.g. while training scales."""
+        self._codes_cache = unpack(self.packed, self.config.packing,
+                                   (self.out_features, self.in_features)) if enabled else None
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The effective weight `scale * codes`, (out, in)."""
+        """The effective ternary weight `scale * codes`, (out, in), without the low-rank correction."""
         return (self.codes().to(torch.float32) * self.scale).to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Reference path: unpack, then the dense GEMM. The fused Triton kernels plug in here.
         bias = self.bias.to(x.dtype) if self.bias is not None else None
-        return F.linear(x, self.dequantize(x.dtype), bias)
+        y = F.linear(x, self.dequantize(x.dtype), bias)
+        if self.lowrank_a is not None:
+            y = y + F.linear(F.linear(x, self.lowrank_b.to(x.dtype)), self.lowrank_a.to(x.dtype))
+        return y
 
     def extra_repr(self) -> str:
+        lowrank = f", lowrank_rank={self.config.lowrank_rank}" if self.config.lowrank_rank else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"method={self.config.method}, granularity={self.config.granularity}, bits=1.58 "
-                f"({self.config.packing})")
+                f"({self.config.packing}){lowrank}")

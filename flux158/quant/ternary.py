@@ -60,3 +60,18 @@ def ternarize(w: torch.Tensor, method: str, per_channel: bool) -> tuple[torch.Te
     if method not in METHODS:
         raise ValueError(f"unknown data-free ternary method {method!r}; choose one of {sorted(METHODS)}")
     return METHODS[method](w, per_channel=per_channel)
+
+
+def weighted_l2_scale(w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Per-row alpha minimising sum_i h_i (w_i - alpha t_i)^2 over ternary t (`quant_methods.md` 7.4).
+
+    The optimal support is still a top-k set by |w|; with P_k = sum of the top-k h|w| and H_k = sum of their h,
+    k* = argmax P_k^2 / H_k and alpha = P_k* / H_k*. `w` is (out, in), `h` (in,) non-negative.
+    """
+    mag = w.float().abs()
+    order = mag.argsort(dim=1, descending=True)
+    hs = h.float().clamp(min=0)[order]
+    p = (mag.gather(1, order) * hs).cumsum(dim=1)
+    hk = hs.cumsum(dim=1).clamp(min=1e-30)
+    best = (p.square() / hk).argmax(dim=1, keepdim=True)
+    return p.gather(1, best) / hk.gather(1, best)

@@ -1,0 +1,135 @@
+"""Stage `quantize`: apply `cfg.quant` to the full-precision transformer, save the checkpoint, measure it.
+
+Writes `<quantize_dir>/transformer/` (a `save_quantized` checkpoint, which `generate` then loads) and
+`metrics.json`: per-layer weight SQNR and zero fraction, the transformer-output error against the teacher on the
+held-out calibration states, bytes in BF16 / 2bit / trit5 (with scales and any low-rank factors), and wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig
+
+from experiments import provenance, resolve, tracking
+from flux158.artifacts import atomic_write_text, is_done, mark_done
+from flux158.models import HubFluxSpec
+from flux158.models.hub import meta_flux_transformer, transformer_folder
+from flux158.quant import QuantizationReport, load_quantized, quantize_, save_quantized
+from flux158.quant.calibration import CalibrationError, CalibrationSet
+from flux158.quant.metrics import velocity_error
+from flux158.quant.storage import storage_report
+from flux158.quant.streaming import quantize_checkpoint_streaming
+
+log = logging.getLogger(__name__)
+
+
+def _calibration(cfg: DictConfig, needed: bool) -> tuple[CalibrationSet | None, CalibrationSet | None]:
+    """(train, heldout) calibration sets; None where absent and not needed."""
+    directory = resolve.calibration_dir(cfg)
+    if not is_done(directory):
+        if needed:
+            raise CalibrationError(f"quant={cfg.quant.name} needs complete calibration data in {directory}: run the "
+                                   "calibrate stage first (all shards)")
+        log.info("quantize: no calibration data in %s; the output error will not be measured", directory)
+        return None, None
+    return CalibrationSet.load(directory, "train"), CalibrationSet.load(directory, "heldout")
+
+
+def run(cfg: DictConfig) -> Path | None:
+    """Quantize once (on the main process); returns the quantize directory (None for the unquantized model)."""
+    from accelerate import PartialState
+
+    config = resolve.quant_config(cfg)
+    if config is None:
+        log.info("quantize: quant=%s is the unquantized model; nothing to quantize", cfg.quant.name)
+        return None
+    out = resolve.quantize_dir(cfg)
+    state = PartialState(cpu=cfg.get("device", "auto") == "cpu")
+    with state.main_process_first():  # the other processes then find it done
+        if is_done(out):
+            log.info("quantize: checkpoint exists in %s", out)
+            return out
+        return _quantize(cfg, config, out)
+
+
+def _quantize(cfg: DictConfig, config, out: Path) -> Path:
+    _, _, device = resolve.process()
+    train, heldout = _calibration(cfg, config.needs_calibration)
+    spec = resolve.model_spec(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = ["model", "quant"] + (resolve.CALIBRATION_KEYS[1:] if config.needs_calibration else [])
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(resolve.keyed_dir(cfg, ["quantize"], "", keys)[1],
+                                                          sort_keys=False))
+    log.info("quantize: %s with %s (%s) on %s%s -> %s", cfg.model.name, config.method, config.granularity, device,
+             f", {len(train)} calibration rows" if config.needs_calibration else "", out)
+    checkpoint = out / resolve.QUANTIZED_SUBDIR
+    start = time.perf_counter()
+    if isinstance(spec, HubFluxSpec) and not config.needs_calibration:
+        # FLUX.1-dev: stream its sharded BF16 weights tensor by tensor (no 24 GB in RAM)
+        source = transformer_folder(spec)
+        arch = json.loads((source / "config.json").read_text())
+        storage = storage_report(meta_flux_transformer({k: v for k, v in arch.items() if not k.startswith("_")}),
+                                 per_channel_scales=config.per_channel, lowrank_rank=config.lowrank_rank)
+        stats = quantize_checkpoint_streaming(source, checkpoint, config, spec.pretrained, spec.revision)
+        report = QuantizationReport(quantized=sorted(stats), quantized_params=sum(s.params for s in stats.values()),
+                                    total_params=storage.total_params, layers=stats)
+        seconds = time.perf_counter() - start
+        transformer = load_quantized(checkpoint, device) if heldout is not None else None
+    else:
+        transformer = resolve.pipeline(resolve.full_precision(cfg), device).transformer
+        storage = storage_report(transformer, per_channel_scales=config.per_channel,
+                                 lowrank_rank=config.lowrank_rank)
+        report = quantize_(transformer, config, train, device=device, batch_size=cfg.quant.get("batch_size", 8),
+                           checkpoint_dir=out / "blocks", progress=True)
+        seconds = time.perf_counter() - start
+        save_quantized(transformer, checkpoint, config, base_model=getattr(spec, "pretrained", None),
+                       revision=getattr(spec, "revision", None))
+        shutil.rmtree(out / "blocks", ignore_errors=True)  # resume state, superseded by the checkpoint
+
+    error = (velocity_error(transformer, heldout, cfg.quant.get("batch_size", 8), device)
+             if heldout is not None and transformer is not None else None)
+    summary = {
+        "layers_quantized": len(report.quantized), "quantized_params": report.quantized_params,
+        "total_params": report.total_params, "quantized_share": report.share,
+        "weight_sqnr_db_mean": report.mean_sqnr_db(), "zero_fraction": report.zero_fraction(),
+        "bytes_bf16": storage.bf16_bytes, "bytes_2bit": storage.packed_bytes["2bit"],
+        "bytes_trit5": storage.packed_bytes["trit5"], "ratio_2bit": storage.ratio("2bit"),
+        "ratio_trit5": storage.ratio("trit5"), "seconds": seconds,
+        **({f"output_{k}": v for k, v in error.items()} if error else {}),
+    }
+    if report.e2e_losses:
+        summary["e2e_loss_first"], summary["e2e_loss_last"] = report.e2e_losses[0], report.e2e_losses[-1]
+    metrics = {"model": cfg.model.name, "quant": cfg.quant.name, "method": config.method,
+               "config": _json_safe(asdict(config)), **provenance.environment(), "metrics": summary,
+               "layers": {n: _json_safe(s.as_dict()) for n, s in report.layers.items()},
+               "distill_blocks": report.distill_blocks}
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    with tracking.track(cfg, "quantize") as tracker:
+        tracker.summary(summary)
+        tracker.table("layers", ["layer", "params", "sqnr_db", "zero_fraction"],
+                      [[n, s.params, s.sqnr_db, s.zero_fraction] for n, s in report.layers.items()])
+        for step, loss in enumerate(report.e2e_losses):
+            tracker.log({"e2e_loss": loss}, step=step)
+        tracker.artifact(out / "metrics.json", f"quantize-{cfg.model.name}-{cfg.quant.name}", "results")
+    mark_done(out, {"seconds": seconds, "layers": len(report.quantized)})
+    log.info("quantize: %d layers in %.1f s; weight SQNR %.2f dB, zeros %.1f%%%s; 2bit %.2fx", len(report.quantized),
+             seconds, report.mean_sqnr_db(), 100 * report.zero_fraction(),
+             f"; held-out output rel. MSE {error['rel_mse']:.4g}" if error else "", storage.ratio("2bit"))
+    return out
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+

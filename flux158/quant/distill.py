@@ -1,0 +1,231 @@
+"""`distill`: self-supervised ternary distillation from the full-precision teacher (`quant_methods.md` section 5).
+
+Stage 0: exact L2-optimal per-row ternary fit. Stage 1 (per block, in order): latent weights with a straight-through
+ternary quantizer, per-row scales and biases, trained so that the block fed the quantized prefix's output
+reproduces the teacher block's output on teacher-trajectory states. Stage 2: scales and biases of the whole
+ternary transformer tuned end to end on the cached teacher velocities. The result stays pure ternary.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from diffusers import FluxTransformer2DModel
+from torch import nn
+from tqdm.auto import tqdm
+
+from flux158.quant.blocks import BlockState, run_block
+from flux158.quant.blockwise import BlockData, linear_names, replace_module
+from flux158.quant.calibration import CalibrationSet
+from flux158.quant.config import TernaryConfig
+from flux158.quant.linear import TernaryLinear
+from flux158.quant.ternary import l2_optimal
+
+log = logging.getLogger(__name__)
+
+
+class STETernaryLinear(nn.Module):
+    """Training-time ternary linear: y = x (s * round(clamp(W / s, -c, c)))^T + b, gradients straight through.
+
+    Values stay in {-1, 0, 1} * s; W passes gradient while |W / s| < c (c = 1.49 keeps the codes ternary and
+    lets weights just past the top level still move, as ParetoQ's stretched quantizer does).
+    """
+
+    def __init__(self, weight: torch.Tensor | None, scale: torch.Tensor, bias: torch.Tensor | None, ste_clip: float,
+                 lowrank: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 frozen_codes: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if (weight is None) == (frozen_codes is None):
+            raise ValueError("give either a latent weight to train or frozen codes")
+        self.weight = nn.Parameter(weight.detach().float().clone()) if weight is not None else None
+        self.register_buffer("frozen_codes", frozen_codes.to(torch.int8) if frozen_codes is not None else None)
+        self.scale = nn.Parameter(scale.detach().float().clone().clamp(min=1e-8))
+        self.bias = nn.Parameter(bias.detach().float().clone()) if bias is not None else None
+        self.ste_clip = ste_clip
+        self.lowrank = lowrank  # a frozen low-rank correction carried along (stage 2 only)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, ste_clip: float) -> STETernaryLinear:
+        """Stage-0 init: the latent weight is the original, the scale its L2-optimal ternary scale."""
+        _, scale = l2_optimal(linear.weight.detach().float(), per_channel=True)
+        return cls(linear.weight, scale, linear.bias, ste_clip)
+
+    @classmethod
+    def from_ternary(cls, module: TernaryLinear, ste_clip: float, train_weights: bool) -> STETernaryLinear:
+        """Continue from finished codes: a latent weight `scale * codes` to train (same codes at the start), or the
+        codes frozen (int8, no latent copy) so only scale and bias train."""
+        lowrank = (module.lowrank_a, module.lowrank_b) if module.lowrank_a is not None else None
+        if train_weights:
+            return cls(module.dequantize(), module.scale, module.bias, ste_clip, lowrank)
+        return cls(None, module.scale, module.bias, ste_clip, lowrank, frozen_codes=module.codes())
+
+    def to_ternary(self, config: TernaryConfig, original: torch.Tensor | None, bias_dtype: torch.dtype | None
+                   ) -> TernaryLinear:
+        """The finished layer: frozen codes, learned scale and bias (low rank: carried, or fitted to `original`)."""
+        bias = self.bias.detach().to(bias_dtype) if self.bias is not None else None
+        return TernaryLinear.from_codes(self.codes(), self.scale.detach(), bias, config, weight=original,
+                                        lowrank=self.lowrank)
+
+    def ternary(self) -> torch.Tensor:
+        if self.weight is None:
+            return self.frozen_codes.float()
+        u = (self.weight / self.scale).clamp(-self.ste_clip, self.ste_clip)
+        return u + (u.round() - u).detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = (self.ternary() * self.scale).to(x.dtype)
+        y = F.linear(x, w, self.bias.to(x.dtype) if self.bias is not None else None)
+        if self.lowrank is not None:
+            y = y + F.linear(F.linear(x, self.lowrank[1].to(x.dtype)), self.lowrank[0].to(x.dtype))
+        return y
+
+    @torch.no_grad()
+    def codes(self) -> torch.Tensor:
+        if self.weight is None:
+            return self.frozen_codes
+        return (self.weight / self.scale).clamp(-self.ste_clip, self.ste_clip).round().to(torch.int8)
+
+
+def _cosine(step: int, total: int, floor: float = 1 / 20) -> float:
+    """Cosine decay from 1 to `floor` (EfficientQAT decays to lr / 20)."""
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+
+
+def _row_sampler(total: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    while True:
+        for chunk in torch.randperm(total, generator=generator).split(batch_size):
+            if len(chunk) == batch_size or total < batch_size:
+                yield chunk
+
+
+def _rel_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (pred.float() - target.float()).square().sum() / target.float().square().sum().clamp(min=1e-30)
+
+
+def block_loss(pred: BlockState, target: BlockState, txt_weight: float) -> torch.Tensor:
+    """Relative MSE of the image stream plus `txt_weight` times that of the text stream."""
+    loss = _rel_mse(pred.hidden, target.hidden)
+    return loss + txt_weight * _rel_mse(pred.encoder, target.encoder) if txt_weight else loss
+
+
+def _param_groups(modules: dict[str, STETernaryLinear], lr_weight: float, lr_scale: float,
+                  lr_bias: float) -> list[dict]:
+    groups = []
+    for m in modules.values():
+        ref = m.scale.detach().mean().item()  # step sizes relative to the layer's weight scale
+        if m.weight is not None:
+            groups.append({"params": [m.weight], "lr": lr_weight * ref})
+        groups.append({"params": [m.scale], "lr": lr_scale * ref})
+        if m.bias is not None:
+            groups.append({"params": [m.bias], "lr": lr_bias})
+    return groups
+
+
+def distill_block(config: TernaryConfig, device: torch.device | str, num_blocks: int,
+                  history: list[dict] | None = None):
+    """A `quantize_block` for `quantize_blockwise`: stage 0 + stage 1 on one block.
+
+    `history` (if given) receives per block the loss at the stage-0 init and after training, on all rows.
+    """
+    opts, device = config.distill, torch.device(device)
+
+    def quantize_block(index: int, block: nn.Module, data: BlockData) -> None:
+        txt_weight = opts.txt_weight_last if index == num_blocks - 1 else 1.0
+        names = linear_names(block)
+        originals = {n: block.get_submodule(n) for n in names}
+        students = {n: STETernaryLinear.from_linear(originals[n], opts.ste_clip).to(device) for n in names}
+        for n, m in students.items():
+            replace_module(block, n, m)
+        inputs = BlockState.cat(data.inputs_q).to(device)
+        targets = BlockState.cat(data.targets).to(device)
+        total = inputs.hidden.shape[0]
+
+        def full_loss() -> float:
+            with torch.no_grad():
+                return sum(block_loss(run_block(block, inputs.rows(i)), targets.rows(i), txt_weight).item() * len(i)
+                           for i in torch.arange(total).split(64)) / total
+
+        before = full_loss()
+        if opts.block_steps:
+            frozen = [p for p in block.parameters() if not any(p is q for m in students.values()
+                                                                 for q in m.parameters())]
+            for p in frozen:
+                p.requires_grad_(False)
+            groups = _param_groups(students, opts.lr_weight, opts.lr_scale, opts.lr_bias)
+            optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+            base = [g["lr"] for g in groups]
+            rows = _row_sampler(total, opts.batch_size, torch.Generator().manual_seed(opts.seed + index))
+            for step in range(opts.block_steps):
+                for g, lr in zip(optimizer.param_groups, base, strict=True):
+                    g["lr"] = lr * _cosine(step, opts.block_steps)
+                i = next(rows)
+                loss = block_loss(run_block(block, inputs.rows(i)), targets.rows(i), txt_weight)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], opts.grad_clip)
+                optimizer.step()
+                with torch.no_grad():
+                    for m in students.values():
+                        m.scale.clamp_(min=1e-8)
+            for p in frozen:
+                p.requires_grad_(True)
+        after = full_loss()
+        if history is not None:
+            history.append({"block": index, "loss_init": before, "loss_final": after})
+        log.debug("distill block %d: relative block-output error %.4g -> %.4g", index, before, after)
+        for n, m in students.items():
+            original = originals[n]
+            bias_dtype = original.bias.dtype if original.bias is not None else None
+            replace_module(block, n, m.to_ternary(config, original.weight, bias_dtype))
+
+    return quantize_block
+
+
+def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, config: TernaryConfig,
+                    device: torch.device | str = "cpu", progress: bool = True) -> list[float]:
+    """Stage 2: train every ternary layer's scale and bias (and, with `e2e_lr_weight > 0`, its latent weight
+    through the straight-through quantizer) on the relative MSE to the cached teacher velocity.
+
+    Returns the training losses, one per step.
+    """
+    opts, device = config.distill, torch.device(device)
+    dtype = next(transformer.parameters()).dtype
+    names = [n for n, m in transformer.named_modules() if isinstance(m, TernaryLinear)]
+    requires = {p: p.requires_grad for p in transformer.parameters()}
+    transformer.requires_grad_(False)
+    students: dict[str, STETernaryLinear] = {}
+    bias_dtypes: dict[str, torch.dtype | None] = {}
+    for n in names:
+        module = transformer.get_submodule(n)
+        bias_dtypes[n] = module.bias.dtype if module.bias is not None else None
+        students[n] = STETernaryLinear.from_ternary(module, opts.ste_clip, opts.e2e_lr_weight > 0).to(device)
+        replace_module(transformer, n, students[n])
+    groups = _param_groups(students, opts.e2e_lr_weight, opts.e2e_lr_scale, opts.e2e_lr_bias)
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    base = [g["lr"] for g in groups]
+    rows = _row_sampler(len(calib), opts.batch_size, torch.Generator().manual_seed(opts.seed))
+    losses = []
+    try:
+        for step in tqdm(range(opts.e2e_steps), desc="distill end-to-end", unit="step", disable=not progress):
+            for g, lr in zip(optimizer.param_groups, base, strict=True):
+                g["lr"] = lr * _cosine(step, opts.e2e_steps)
+            kwargs, target = calib.batch(next(rows).tolist(), device, dtype)
+            loss = _rel_mse(transformer(**kwargs, return_dict=False)[0], target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], opts.grad_clip)
+            optimizer.step()
+            with torch.no_grad():
+                for m in students.values():
+                    m.scale.clamp_(min=1e-8)
+            losses.append(loss.item())
+    finally:
+        for n, m in students.items():
+            replace_module(transformer, n, m.to_ternary(config, None, bias_dtypes[n]))
+        for p, flag in requires.items():
+            p.requires_grad_(flag)
+    return losses
