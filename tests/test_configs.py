@@ -43,7 +43,7 @@ def test_paper_experiments_use_paper_settings(compose):
 def test_default_is_the_toy_world_run(compose):
     cfg = compose()
     assert cfg.model.name == "toyworld" and cfg.benchmark.name == "toyworld" and cfg.logger.mode == "offline"
-    assert list(cfg.stages) == ["generate", "evaluate"]
+    assert list(cfg.stages) == ["calibrate", "quantize", "generate", "evaluate"] and cfg.calib.name == "toyworld"
     smoke = compose("experiment=smoke")
     assert smoke.model.name == "tiny" and smoke.benchmark.name == "smoke"
 
@@ -82,7 +82,10 @@ def test_quant_configs_instantiate(compose, quant):
     if quant == "bf16":
         assert cfg.quant.get("config") is None
     else:
-        assert isinstance(instantiate(cfg.quant.config), TernaryConfig)
+        config = instantiate(cfg.quant.config)
+        assert isinstance(config, TernaryConfig)
+        if quant == "distill":  # CFG-aware stage 2 at the experiment's own guidance scale
+            assert config.distill.e2e_guidance == cfg.sampler.guidance_scale
 
 
 def test_quantized_pipeline_has_ternary_block_linears(compose):

@@ -173,3 +173,23 @@ def test_calibrated_methods_validate_their_config():
     assert isinstance(config.distill, DistillConfig) and config.distill.block_steps == 5
     with pytest.raises(ValueError, match="calibration"):
         quantize_(torch.nn.Module(), TernaryConfig("gptq", "channel"))
+
+
+def test_guided_calls_keep_both_halves_paired(tmp_path):
+    from flux158.models import load_pipeline
+    from flux158.toyworld.pipeline import ToyWorldSource
+
+    pipe = load_pipeline(ToyWorldSource(None), device="cpu", dtype=torch.float32, cache_dir=tmp_path)
+    pipe.set_progress_bar_config(disable=True)
+    sampler = SamplerSettings(num_inference_steps=5, guidance_scale=3.0, height=32, width=32, max_sequence_length=16)
+    write_calibration(pipe, ["a red circle", "two squares", "a blue triangle"], tmp_path, "train", sampler,
+                      CaptureSettings(2, 3, 2, 0), progress=False)
+    calib = CalibrationSet.load(tmp_path)
+    pairs = calib.guidance_pairs()
+    assert len(calib) == 3 * 2 * 2 and len(pairs) == 3 * 2
+    empty, _ = pipe.encode_prompt([""])
+    for u, c in pairs:
+        ru, rc = calib.records[u], calib.records[c]
+        assert torch.equal(ru["hidden_states"], rc["hidden_states"]) and torch.equal(ru["timestep"], rc["timestep"])
+        torch.testing.assert_close(ru["encoder_hidden_states"], empty)  # the unconditional half: empty prompt
+        assert not torch.equal(ru["encoder_hidden_states"], rc["encoder_hidden_states"])

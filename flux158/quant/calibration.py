@@ -119,9 +119,11 @@ def capture_prompts(pipe: Callable[..., object], prompts: Sequence[str], seeds: 
                  height=sampler.height, width=sampler.width, max_sequence_length=sampler.max_sequence_length,
                  output_type="pt")
             for record in recorder.records:  # rows are (CFG halves of) the batch, in prompt order
-                i = start + int(record.pop("row")) % len(batch)
-                if int(record["step"]) in keep_steps[i]:
-                    kept.append({**record, "prompt_index": torch.tensor([i])})
+                row = int(record.pop("row"))
+                i = start + row % len(batch)
+                if int(record["step"]) in keep_steps[i]:  # branch: 0 = unconditional half of a CFG call (or no CFG)
+                    kept.append({**record, "prompt_index": torch.tensor([i]),
+                                 "branch": torch.tensor([row // len(batch)])})
             recorder.records.clear()
     finally:
         recorder.remove()
@@ -229,6 +231,15 @@ class CalibrationSet:
                 dtype: torch.dtype | None = None) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         for start in range(0, len(self), batch_size):
             yield self.batch(range(start, min(start + batch_size, len(self))), device, dtype)
+
+    def guidance_pairs(self) -> list[tuple[int, int]]:
+        """(unconditional, conditional) record indices of the same classifier-free-guided call (empty for models
+        without CFG, such as guidance-distilled FLUX.1-dev)."""
+        halves: dict[tuple[int, int], dict[int, int]] = {}
+        for j, r in enumerate(self.records):
+            if "branch" in r:
+                halves.setdefault((int(r["prompt_index"]), int(r["step"])), {})[int(r["branch"])] = j
+        return [(h[0], h[1]) for h in halves.values() if 0 in h and 1 in h]
 
     def sigmas(self) -> torch.Tensor:
         return torch.cat([r["timestep"].float() for r in self.records])

@@ -57,6 +57,9 @@ class DistillConfig:
         e2e_lr_weight: stage-2 step size of the latent weights (relative); 0 keeps the codes frozen, as in
             EfficientQAT's E2E-QP. Above 0 every weight gets an fp32 latent copy and Adam state (16 bytes per
             weight: fine for small models, ~190 GB for FLUX.1-dev).
+        e2e_guidance: when > 0 and the calibration holds both halves of classifier-free-guided calls, stage 2
+            matches the guided velocity v_u + g (v_c - v_u) at this g (CFG-aware distillation, as BitsFusion);
+            0 matches each half on its own. FLUX.1-dev is guidance-distilled, so this only matters for CFG models.
         grad_clip: gradient-norm clip.
         ste_clip: latent weights pass gradient while |w / scale| < ste_clip (ParetoQ-style wide band).
         txt_weight_last: loss weight of the text stream of the last single block (FLUX discards it).
@@ -72,6 +75,7 @@ class DistillConfig:
     e2e_lr_scale: float = 1e-3
     e2e_lr_bias: float = 1e-5
     e2e_lr_weight: float = 0.0
+    e2e_guidance: float = 0.0
     grad_clip: float = 0.3
     ste_clip: float = 1.49
     txt_weight_last: float = 0.0

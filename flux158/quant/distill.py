@@ -185,6 +185,12 @@ def distill_block(config: TernaryConfig, device: torch.device | str, num_blocks:
     return quantize_block
 
 
+def _guided(v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance of a batch laid out [unconditional; conditional]."""
+    uncond, cond = v.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
 def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, config: TernaryConfig,
                     device: torch.device | str = "cpu", progress: bool = True) -> list[float]:
     """Stage 2: train every ternary layer's scale and bias (and, with `e2e_lr_weight > 0`, its latent weight
@@ -207,14 +213,22 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
     groups = _param_groups(students, opts.e2e_lr_weight, opts.e2e_lr_scale, opts.e2e_lr_bias)
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     base = [g["lr"] for g in groups]
-    rows = _row_sampler(len(calib), opts.batch_size, torch.Generator().manual_seed(opts.seed))
+    pairs = calib.guidance_pairs() if opts.e2e_guidance > 0 else []
+    rows = _row_sampler(len(pairs) or len(calib), opts.batch_size, torch.Generator().manual_seed(opts.seed))
     losses = []
     try:
         for step in tqdm(range(opts.e2e_steps), desc="distill end-to-end", unit="step", disable=not progress):
             for g, lr in zip(optimizer.param_groups, base, strict=True):
                 g["lr"] = lr * _cosine(step, opts.e2e_steps)
-            kwargs, target = calib.batch(next(rows).tolist(), device, dtype)
-            loss = _rel_mse(transformer(**kwargs, return_dict=False)[0], target)
+            picked = next(rows).tolist()
+            if pairs:  # both halves of each guided call, unconditional first
+                kwargs, target = calib.batch([pairs[i][0] for i in picked] + [pairs[i][1] for i in picked], device,
+                                             dtype)
+                loss = _rel_mse(_guided(transformer(**kwargs, return_dict=False)[0], opts.e2e_guidance),
+                                _guided(target, opts.e2e_guidance))
+            else:
+                kwargs, target = calib.batch(picked, device, dtype)
+                loss = _rel_mse(transformer(**kwargs, return_dict=False)[0], target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], opts.grad_clip)
