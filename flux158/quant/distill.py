@@ -140,14 +140,16 @@ def distill_block(config: TernaryConfig, device: torch.device | str, num_blocks:
         students = {n: STETernaryLinear.from_linear(originals[n], opts.ste_clip).to(device) for n in names}
         for n, m in students.items():
             replace_module(block, n, m)
-        inputs = BlockState.cat(data.inputs_q).to(device)
-        targets = BlockState.cat(data.targets).to(device)
+        # rows stay where the driver keeps them (host memory for FLUX at 1024^2); each step moves its batch
+        inputs, targets = BlockState.cat(data.inputs_q), BlockState.cat(data.targets)
         total = inputs.hidden.shape[0]
+
+        def loss_on(i: torch.Tensor) -> torch.Tensor:
+            return block_loss(run_block(block, inputs.rows(i).to(device)), targets.rows(i).to(device), txt_weight)
 
         def full_loss() -> float:
             with torch.no_grad():
-                return sum(block_loss(run_block(block, inputs.rows(i)), targets.rows(i), txt_weight).item() * len(i)
-                           for i in torch.arange(total).split(64)) / total
+                return sum(loss_on(i).item() * len(i) for i in torch.arange(total).split(64)) / total
 
         before = full_loss()
         if opts.block_steps:
@@ -162,8 +164,7 @@ def distill_block(config: TernaryConfig, device: torch.device | str, num_blocks:
             for step in range(opts.block_steps):
                 for g, lr in zip(optimizer.param_groups, base, strict=True):
                     g["lr"] = lr * _cosine(step, opts.block_steps)
-                i = next(rows)
-                loss = block_loss(run_block(block, inputs.rows(i)), targets.rows(i), txt_weight)
+                loss = loss_on(next(rows))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], opts.grad_clip)
