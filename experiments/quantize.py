@@ -7,6 +7,7 @@ held-out calibration states, bytes in BF16 / 2bit / trit5 (with scales and any l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -15,6 +16,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 import yaml
 from omegaconf import DictConfig
 
@@ -53,6 +55,11 @@ def run(cfg: DictConfig) -> Path | None:
         return None
     out = resolve.quantize_dir(cfg)
     state = PartialState(cpu=cfg.get("device", "auto") == "cpu")
+    if config.method == "distill" and state.num_processes > 1 and not is_done(out):
+        log.info("quantize: distill data-parallel over %d processes", state.num_processes)
+        _quantize(cfg, config, out, write=state.is_main_process)
+        state.wait_for_everyone()
+        return out
     with state.main_process_first():  # the other processes then find it done
         if is_done(out):
             log.info("quantize: checkpoint exists in %s", out)
@@ -60,14 +67,15 @@ def run(cfg: DictConfig) -> Path | None:
         return _quantize(cfg, config, out)
 
 
-def _quantize(cfg: DictConfig, config, out: Path) -> Path:
+def _quantize(cfg: DictConfig, config, out: Path, write: bool = True) -> Path:
+    """Quantize and measure; `write=False` (the non-main ranks of data-parallel distillation) only computes."""
     _, _, device = resolve.process()
     train, heldout = _calibration(cfg, config.needs_calibration)
     spec = resolve.model_spec(cfg)
     out.mkdir(parents=True, exist_ok=True)
     keys = ["model", "quant"] + (resolve.CALIBRATION_KEYS[1:] if config.needs_calibration else [])
     atomic_write_text(out / "config.yaml", yaml.safe_dump(resolve.keyed_dir(cfg, ["quantize"], "", keys)[1],
-                                                          sort_keys=False))
+                                                          sort_keys=False), shared=True)
     log.info("quantize: %s with %s (%s) on %s%s -> %s", cfg.model.name, config.method, config.granularity, device,
              f", {len(train)} calibration rows" if config.needs_calibration else "", out)
     checkpoint = out / resolve.QUANTIZED_SUBDIR
@@ -90,6 +98,10 @@ def _quantize(cfg: DictConfig, config, out: Path) -> Path:
         report = quantize_(transformer, config, train, device=device, batch_size=cfg.quant.get("batch_size", 8),
                            checkpoint_dir=out / "blocks", progress=True)
         seconds = time.perf_counter() - start
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            _check_ranks_agree(transformer)
+        if not write:
+            return out
         save_quantized(transformer, checkpoint, config, base_model=getattr(spec, "pretrained", None),
                        revision=getattr(spec, "revision", None))
         shutil.rmtree(out / "blocks", ignore_errors=True)  # resume state, superseded by the checkpoint
@@ -124,6 +136,18 @@ def _quantize(cfg: DictConfig, config, out: Path) -> Path:
              seconds, report.mean_sqnr_db(), 100 * report.zero_fraction(),
              f"; held-out output rel. MSE {error['rel_mse']:.4g}" if error else "", storage.ratio("2bit"))
     return out
+
+
+def _check_ranks_agree(transformer: torch.nn.Module) -> None:
+    """Data-parallel distillation must leave every rank with the same weights; fail loudly if not."""
+    digest = hashlib.sha256()
+    for tensor in transformer.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    digests: list[str | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(digests, digest.hexdigest())
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"data-parallel ranks diverged: weight digests {digests}")
+    log.info("quantize: %d ranks hold identical weights (sha256 %s)", len(digests), digests[0][:16])
 
 
 def _json_safe(value):

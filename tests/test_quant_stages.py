@@ -77,3 +77,25 @@ def test_hub_models_are_quantized_by_streaming_their_shards(tmp_path, model_cach
     meta = json.loads((qdir / "transformer" / "quantization.json").read_text())
     assert meta["base_model"] == str(local) and len(meta["layers"]) == 40
     assert list((qdir / "transformer").glob("model-00001-of-*.safetensors"))
+
+
+def test_distill_runs_data_parallel_under_torchrun(tmp_path, model_cache):
+    """2 CPU ranks (gloo): each draws its own rows, gradients are averaged, rank 0 writes the one checkpoint."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    args = ["experiment=smoke", "quant=distill", "stages=[calibrate,quantize]", "logger=none",
+            "quant.config.distill.block_steps=20", "quant.config.distill.e2e_steps=20"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           str(REPO / "run.py"), *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **_env(tmp_path, model_cache)})
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    assert "distill data-parallel over 2 processes" in text and "2 ranks hold identical weights" in text
+    (qdir,) = (tmp_path / "quantize").glob("tiny-distill-*")
+    metrics = json.loads((qdir / "metrics.json").read_text())
+    assert all(b["loss_final"] < b["loss_init"] for b in metrics["distill_blocks"])
+    assert (qdir / ".done").exists() and not (qdir / "blocks").exists()

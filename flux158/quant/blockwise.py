@@ -101,7 +101,7 @@ def quantize_blockwise(transformer: FluxTransformer2DModel, calib: CalibrationSe
             quantize_block(b, block, BlockData(inputs_q, inputs_fp, targets))
             if saved is not None:
                 state = {k: v.detach().contiguous() for k, v in block.state_dict().items()}
-                atomic_write(saved, lambda tmp, state=state: save_file(state, tmp))
+                atomic_write(saved, lambda tmp, state=state: save_file(state, tmp), shared=True)  # ranks agree
         for name, w in originals.items():
             module = block.get_submodule(name)
             codes = module.codes()

@@ -4,6 +4,9 @@ Stage 0: exact L2-optimal per-row ternary fit. Stage 1 (per block, in order): la
 ternary quantizer, per-row scales and biases, trained so that the block fed the quantized prefix's output
 reproduces the teacher block's output on teacher-trajectory states. Stage 2: scales and biases of the whole
 ternary transformer tuned end to end on the cached teacher velocities. The result stays pure ternary.
+
+Under `accelerate launch`/`torchrun` every process runs the same block-by-block schedule on its own rows and the
+gradients are averaged (data parallel); the processes stay bit-identical, so any of them may save the result.
 """
 
 from __future__ import annotations
@@ -95,6 +98,25 @@ def _cosine(step: int, total: int, floor: float = 1 / 20) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
 
 
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the running process group (accelerate/torchrun), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _average_gradients(params: list[nn.Parameter]) -> None:
+    """Data parallelism: every rank draws its own rows, then applies the mean gradient, so the ranks stay
+    identical (same init, same update) and the effective batch is `batch_size * world size`."""
+    _, world = _world()
+    if world == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad.div_(world)
+
+
 def _row_sampler(total: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     while True:
         for chunk in torch.randperm(total, generator=generator).split(batch_size):
@@ -160,13 +182,16 @@ def distill_block(config: TernaryConfig, device: torch.device | str, num_blocks:
             groups = _param_groups(students, opts.lr_weight, opts.lr_scale, opts.lr_bias)
             optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
             base = [g["lr"] for g in groups]
-            rows = _row_sampler(total, opts.batch_size, torch.Generator().manual_seed(opts.seed + index))
+            rank, world = _world()
+            seed = opts.seed + index + 1_000_003 * rank
+            rows = _row_sampler(total, opts.batch_size, torch.Generator().manual_seed(seed))
             for step in range(opts.block_steps):
                 for g, lr in zip(optimizer.param_groups, base, strict=True):
                     g["lr"] = lr * _cosine(step, opts.block_steps)
                 loss = loss_on(next(rows))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                _average_gradients([p for g in groups for p in g["params"]])
                 torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], opts.grad_clip)
                 optimizer.step()
                 with torch.no_grad():
@@ -215,7 +240,9 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     base = [g["lr"] for g in groups]
     pairs = calib.guidance_pairs() if opts.e2e_guidance > 0 else []
-    rows = _row_sampler(len(pairs) or len(calib), opts.batch_size, torch.Generator().manual_seed(opts.seed))
+    rank, _ = _world()
+    rows = _row_sampler(len(pairs) or len(calib), opts.batch_size,
+                        torch.Generator().manual_seed(opts.seed + 1_000_003 * rank))
     losses = []
     try:
         for step in tqdm(range(opts.e2e_steps), desc="distill end-to-end", unit="step", disable=not progress):
@@ -232,6 +259,7 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
                 loss = _rel_mse(transformer(**kwargs, return_dict=False)[0], target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            _average_gradients([p for g in groups for p in g["params"]])
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], opts.grad_clip)
             optimizer.step()
             with torch.no_grad():
