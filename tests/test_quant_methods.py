@@ -193,3 +193,37 @@ def test_guided_calls_keep_both_halves_paired(tmp_path):
         assert torch.equal(ru["hidden_states"], rc["hidden_states"]) and torch.equal(ru["timestep"], rc["timestep"])
         torch.testing.assert_close(ru["encoder_hidden_states"], empty)  # the unconditional half: empty prompt
         assert not torch.equal(ru["encoder_hidden_states"], rc["encoder_hidden_states"])
+
+
+def test_end_to_end_stage_resumes_exactly_after_a_kill(model_cache, calib_dir, tmp_path, monkeypatch):
+    from flux158.quant import distill
+
+    calib = CalibrationSet.load(calib_dir)
+    config = TernaryConfig("distill", "channel", distill=DistillConfig(block_steps=0, e2e_steps=12))
+
+    def start():
+        transformer = _fresh(model_cache)
+        quantize_(transformer, TernaryConfig("l2_optimal", "channel"))
+        return transformer
+
+    whole = start()
+    losses = distill.tune_end_to_end(whole, calib, config, progress=False)
+    killed = start()
+    original, calls = distill._rel_mse, {"n": 0}
+
+    def dies_at_step_8(*args):
+        calls["n"] += 1
+        if calls["n"] > 8:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    monkeypatch.setattr(distill, "_rel_mse", dies_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        distill.tune_end_to_end(killed, calib, config, progress=False, checkpoint_dir=tmp_path, checkpoint_every=5)
+    monkeypatch.setattr(distill, "_rel_mse", original)
+    resumed = start()
+    again = distill.tune_end_to_end(resumed, calib, config, progress=False, checkpoint_dir=tmp_path,
+                                    checkpoint_every=5)
+    assert again == losses  # steps 0-4 from the checkpoint, 5-11 recomputed: the same numbers
+    for (name, a), (_, b) in zip(whole.named_buffers(), resumed.named_buffers(), strict=True):
+        assert torch.equal(a, b), name

@@ -102,5 +102,5 @@ def quantize_(transformer: nn.Module, config: TernaryConfig, calib=None, *, devi
         report.layers = quantize_blockwise(transformer, calib, config, block_fn, batch_size=batch_size,
                                            device=device, checkpoint_dir=checkpoint_dir, progress=progress)
         if config.distill.e2e_steps:
-            report.e2e_losses = tune_end_to_end(transformer, calib, config, device, progress)
+            report.e2e_losses = tune_end_to_end(transformer, calib, config, device, progress, checkpoint_dir)
     return report

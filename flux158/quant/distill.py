@@ -14,13 +14,16 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers import FluxTransformer2DModel
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from flux158.artifacts import atomic_write
 from flux158.quant.blocks import BlockState, run_block
 from flux158.quant.blockwise import BlockData, linear_names, replace_module
 from flux158.quant.calibration import CalibrationSet
@@ -217,12 +220,36 @@ def _guided(v: torch.Tensor, scale: float) -> torch.Tensor:
     return uncond + scale * (cond - uncond)
 
 
+def _save_e2e(path: Path, step: int, losses: list[float], params: list[nn.Parameter],
+              optimizer: torch.optim.Optimizer) -> None:
+    tensors = {"step": torch.tensor([step]), "losses": torch.tensor(losses, dtype=torch.float64)}
+    for i, p in enumerate(params):
+        tensors[f"param.{i}"] = p.detach().contiguous()
+        for key, value in optimizer.state.get(p, {}).items():
+            tensors[f"adam.{i}.{key}"] = value.detach().reshape(value.shape).contiguous()
+    atomic_write(path, lambda tmp: save_file(tensors, tmp), shared=True)
+
+
+def _load_e2e(path: Path, params: list[nn.Parameter], optimizer: torch.optim.Optimizer) -> tuple[int, list[float]]:
+    tensors = load_file(path)
+    if sum(k.startswith("param.") for k in tensors) != len(params):
+        raise ValueError(f"{path} was written for another model or configuration; delete it to start over")
+    for i, p in enumerate(params):
+        p.data.copy_(tensors[f"param.{i}"])
+        state = {k.split(".")[-1]: v.to(p.device) for k, v in tensors.items() if k.startswith(f"adam.{i}.")}
+        if state:
+            optimizer.state[p] = state
+    return int(tensors["step"]), tensors["losses"].tolist()
+
+
 def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, config: TernaryConfig,
-                    device: torch.device | str = "cpu", progress: bool = True) -> list[float]:
+                    device: torch.device | str = "cpu", progress: bool = True, checkpoint_dir: Path | None = None,
+                    checkpoint_every: int = 200) -> list[float]:
     """Stage 2: train every ternary layer's scale and bias (and, with `e2e_lr_weight > 0`, its latent weight
     through the straight-through quantizer) on the relative MSE to the cached teacher velocity.
 
-    Returns the training losses, one per step.
+    With `checkpoint_dir`, the trained tensors and Adam state are saved every `checkpoint_every` steps and a rerun
+    continues from the last save exactly (the same rows in the same order). Returns the losses, one per step.
     """
     opts, device = config.distill, torch.device(device)
     dtype = next(transformer.parameters()).dtype
@@ -243,9 +270,16 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
     rank, _ = _world()
     rows = _row_sampler(len(pairs) or len(calib), opts.batch_size,
                         torch.Generator().manual_seed(opts.seed + 1_000_003 * rank))
-    losses = []
+    params = [p for g in groups for p in g["params"]]
+    saved = Path(checkpoint_dir) / "e2e.safetensors" if checkpoint_dir is not None else None
+    start, losses = _load_e2e(saved, params, optimizer) if saved is not None and saved.exists() else (0, [])
+    for _ in range(start):  # replay the row order up to the resumed step
+        next(rows)
+    if start:
+        log.info("distill end-to-end: resuming at step %d of %d from %s", start, opts.e2e_steps, saved)
     try:
-        for step in tqdm(range(opts.e2e_steps), desc="distill end-to-end", unit="step", disable=not progress):
+        for step in tqdm(range(start, opts.e2e_steps), desc="distill end-to-end", unit="step",
+                         initial=start, total=opts.e2e_steps, disable=not progress):
             for g, lr in zip(optimizer.param_groups, base, strict=True):
                 g["lr"] = lr * _cosine(step, opts.e2e_steps)
             picked = next(rows).tolist()
@@ -259,13 +293,15 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
                 loss = _rel_mse(transformer(**kwargs, return_dict=False)[0], target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            _average_gradients([p for g in groups for p in g["params"]])
-            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], opts.grad_clip)
+            _average_gradients(params)
+            torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
             optimizer.step()
             with torch.no_grad():
                 for m in students.values():
                     m.scale.clamp_(min=1e-8)
             losses.append(loss.item())
+            if saved is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == opts.e2e_steps):
+                _save_e2e(saved, step + 1, losses, params, optimizer)
     finally:
         for n, m in students.items():
             replace_module(transformer, n, m.to_ternary(config, None, bias_dtypes[n]))
