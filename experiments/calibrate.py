@@ -40,8 +40,7 @@ def run(cfg: DictConfig) -> Path | None:
     if not config.needs_calibration and not cfg.calib.with_data_free:
         log.info("calibrate: quant=%s is data-free and calib.with_data_free is off; skipped", cfg.quant.name)
         return None
-    out, determining = resolve.keyed_dir(cfg, ["calibrate", cfg.calib.name], cfg.model.name,
-                                          resolve.CALIBRATION_KEYS)
+    out, determining = resolve.calibration_artifact(cfg)
     if is_done(out):
         log.info("calibrate: complete in %s", out)
         return out

@@ -77,9 +77,14 @@ def full_precision(cfg: DictConfig) -> DictConfig:
     return plain
 
 
+def calibration_artifact(cfg: DictConfig) -> tuple[Path, dict]:
+    """`<output_dir>/calibrate/<calib>/<model>-<hash8>` (shared by every method on the same model and sampler) and
+    the config values that name it."""
+    return keyed_dir(cfg, ["calibrate", cfg.calib.name], cfg.model.name, CALIBRATION_KEYS)
+
+
 def calibration_dir(cfg: DictConfig) -> Path:
-    """`<output_dir>/calibrate/<calib>/<model>-<hash8>`: shared by every method on the same model and sampler."""
-    return keyed_dir(cfg, ["calibrate", cfg.calib.name], cfg.model.name, CALIBRATION_KEYS)[0]
+    return calibration_artifact(cfg)[0]
 
 
 def quantize_dir(cfg: DictConfig) -> Path:
