@@ -24,7 +24,7 @@ from experiments import provenance, resolve, tracking
 from flux158.artifacts import atomic_write_text, is_done, mark_done
 from flux158.models import HubFluxSpec
 from flux158.models.hub import meta_flux_transformer, transformer_folder
-from flux158.quant import QuantizationReport, load_quantized, quantize_, save_quantized
+from flux158.quant import QuantizationReport, TernaryConfig, load_quantized, quantize_, save_quantized
 from flux158.quant.calibration import CalibrationError, CalibrationSet
 from flux158.quant.metrics import velocity_error
 from flux158.quant.storage import storage_report
@@ -57,7 +57,7 @@ def run(cfg: DictConfig) -> Path | None:
     state = PartialState(cpu=cfg.get("device", "auto") == "cpu")
     if config.method == "distill" and state.num_processes > 1 and not is_done(out):
         log.info("quantize: distill data-parallel over %d processes", state.num_processes)
-        _quantize(cfg, config, out, write=state.is_main_process)
+        _quantize(cfg, config, out)
         state.wait_for_everyone()
         return out
     with state.main_process_first():  # the other processes then find it done
@@ -67,45 +67,64 @@ def run(cfg: DictConfig) -> Path | None:
         return _quantize(cfg, config, out)
 
 
-def _quantize(cfg: DictConfig, config, out: Path, write: bool = True) -> Path:
-    """Quantize and measure; `write=False` (the non-main ranks of data-parallel distillation) only computes."""
+def _quantize(cfg: DictConfig, config: TernaryConfig, out: Path) -> Path:
+    """Quantize and measure; the non-main ranks of data-parallel distillation only compute."""
     _, _, device = resolve.process()
     train, heldout = _calibration(cfg, config.needs_calibration)
-    spec = resolve.model_spec(cfg)
     out.mkdir(parents=True, exist_ok=True)
     keys = ["model", "quant"] + (resolve.CALIBRATION_KEYS[1:] if config.needs_calibration else [])
     atomic_write_text(out / "config.yaml", yaml.safe_dump(resolve.keyed_dir(cfg, ["quantize"], "", keys)[1],
                                                           sort_keys=False), shared=True)
     log.info("quantize: %s with %s (%s) on %s%s -> %s", cfg.model.name, config.method, config.granularity, device,
              f", {len(train)} calibration rows" if config.needs_calibration else "", out)
+    if isinstance(resolve.model_spec(cfg), HubFluxSpec) and not config.needs_calibration:
+        transformer, report, storage, seconds = _streamed(cfg, config, out, device, heldout is not None)
+    else:
+        transformer, report, storage, seconds = _in_memory(cfg, config, out, device, train)
+        if not resolve.is_main_process():
+            return out
+    _record(cfg, config, out, transformer, report, storage, seconds, heldout, device)
+    return out
+
+
+def _streamed(cfg: DictConfig, config: TernaryConfig, out: Path, device: torch.device, reload: bool):
+    """FLUX.1-dev and other hub models: quantize the sharded BF16 weights tensor by tensor (no 24 GB in RAM)."""
+    spec = resolve.model_spec(cfg)
+    source = transformer_folder(spec)
+    arch = json.loads((source / "config.json").read_text())
+    storage = storage_report(meta_flux_transformer({k: v for k, v in arch.items() if not k.startswith("_")}),
+                             per_channel_scales=config.per_channel, lowrank_rank=config.lowrank_rank)
     checkpoint = out / resolve.QUANTIZED_SUBDIR
     start = time.perf_counter()
-    if isinstance(spec, HubFluxSpec) and not config.needs_calibration:
-        # FLUX.1-dev: stream its sharded BF16 weights tensor by tensor (no 24 GB in RAM)
-        source = transformer_folder(spec)
-        arch = json.loads((source / "config.json").read_text())
-        storage = storage_report(meta_flux_transformer({k: v for k, v in arch.items() if not k.startswith("_")}),
-                                 per_channel_scales=config.per_channel, lowrank_rank=config.lowrank_rank)
-        stats = quantize_checkpoint_streaming(source, checkpoint, config, spec.pretrained, spec.revision)
-        report = QuantizationReport(quantized=sorted(stats), quantized_params=sum(s.params for s in stats.values()),
-                                    total_params=storage.total_params, layers=stats)
-        seconds = time.perf_counter() - start
-        transformer = load_quantized(checkpoint, device) if heldout is not None else None
-    else:
-        transformer = resolve.pipeline(resolve.full_precision(cfg), device).transformer
-        storage = storage_report(transformer, per_channel_scales=config.per_channel,
-                                 lowrank_rank=config.lowrank_rank)
-        report = quantize_(transformer, config, train, device=device, batch_size=cfg.quant.get("batch_size", 8),
-                           checkpoint_dir=out / "blocks", progress=True)
-        seconds = time.perf_counter() - start
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            _check_ranks_agree(transformer)
-        if not write:
-            return out
-        save_quantized(transformer, checkpoint, config, base_model=getattr(spec, "pretrained", None),
-                       revision=getattr(spec, "revision", None))
-        shutil.rmtree(out / "blocks", ignore_errors=True)  # resume state, superseded by the checkpoint
+    stats = quantize_checkpoint_streaming(source, checkpoint, config, spec.pretrained, spec.revision)
+    seconds = time.perf_counter() - start
+    report = QuantizationReport(quantized=sorted(stats), quantized_params=sum(s.params for s in stats.values()),
+                                total_params=storage.total_params, layers=stats)
+    return (load_quantized(checkpoint, device) if reload else None), report, storage, seconds
 
+
+def _in_memory(cfg: DictConfig, config: TernaryConfig, out: Path, device: torch.device,
+               train: CalibrationSet | None):
+    """Load the full-precision transformer, quantize it in place (block-wise methods resume from `out/blocks`)."""
+    spec = resolve.model_spec(cfg)
+    transformer = resolve.pipeline(resolve.full_precision(cfg), device).transformer
+    storage = storage_report(transformer, per_channel_scales=config.per_channel, lowrank_rank=config.lowrank_rank)
+    start = time.perf_counter()
+    report = quantize_(transformer, config, train, device=device, batch_size=cfg.quant.get("batch_size", 8),
+                       checkpoint_dir=out / "blocks", progress=True)
+    seconds = time.perf_counter() - start
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        _check_ranks_agree(transformer)
+    if resolve.is_main_process():
+        save_quantized(transformer, out / resolve.QUANTIZED_SUBDIR, config,
+                       base_model=getattr(spec, "pretrained", None), revision=getattr(spec, "revision", None))
+        shutil.rmtree(out / "blocks", ignore_errors=True)  # resume state, superseded by the checkpoint
+    return transformer, report, storage, seconds
+
+
+def _record(cfg: DictConfig, config: TernaryConfig, out: Path, transformer, report: QuantizationReport, storage,
+            seconds: float, heldout: CalibrationSet | None, device: torch.device) -> None:
+    """metrics.json, the W&B run and the completion marker."""
     error = (velocity_error(transformer, heldout, cfg.quant.get("batch_size", 8), device)
              if heldout is not None and transformer is not None else None)
     summary = {
@@ -135,7 +154,6 @@ def _quantize(cfg: DictConfig, config, out: Path, write: bool = True) -> Path:
     log.info("quantize: %d layers in %.1f s; weight SQNR %.2f dB, zeros %.1f%%%s; 2bit %.2fx", len(report.quantized),
              seconds, report.mean_sqnr_db(), 100 * report.zero_fraction(),
              f"; held-out output rel. MSE {error['rel_mse']:.4g}" if error else "", storage.ratio("2bit"))
-    return out
 
 
 def _check_ranks_agree(transformer: torch.nn.Module) -> None:

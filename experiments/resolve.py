@@ -52,6 +52,12 @@ def process() -> tuple[int, int, torch.device]:
     return state.process_index, state.num_processes, state.device
 
 
+def is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 def global_shard(cfg: DictConfig, process_index: int, num_processes: int) -> tuple[int, int]:
     return combine_shards(cfg.shard.index, cfg.shard.count, process_index, num_processes)
 
