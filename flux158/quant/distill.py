@@ -178,14 +178,14 @@ def distill_block(config: TernaryConfig, device: torch.device | str, num_blocks:
 
         before = full_loss()
         if opts.block_steps:
-            frozen = [p for p in block.parameters() if not any(p is q for m in students.values()
-                                                                 for q in m.parameters())]
+            trainable = {id(p) for m in students.values() for p in m.parameters()}
+            frozen = [p for p in block.parameters() if id(p) not in trainable]
             for p in frozen:
                 p.requires_grad_(False)
             groups = _param_groups(students, opts.lr_weight, opts.lr_scale, opts.lr_bias)
             optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
-            base = [g["lr"] for g in groups]
-            rank, world = _world()
+            base, params = [g["lr"] for g in groups], [p for g in groups for p in g["params"]]
+            rank, _ = _world()
             seed = opts.seed + index + 1_000_003 * rank
             rows = _row_sampler(total, opts.batch_size, torch.Generator().manual_seed(seed))
             for step in range(opts.block_steps):
@@ -194,8 +194,8 @@ def distill_block(config: TernaryConfig, device: torch.device | str, num_blocks:
                 loss = loss_on(next(rows))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                _average_gradients([p for g in groups for p in g["params"]])
-                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], opts.grad_clip)
+                _average_gradients(params)
+                torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
                 optimizer.step()
                 with torch.no_grad():
                     for m in students.values():
