@@ -66,9 +66,7 @@ def run(cfg: DictConfig) -> Path | None:
         written = {split: write_calibration(pipe, prompts[split], out, split, sampler, capture, index, count)
                    for split in SPLITS}
         tracker.summary({f"chunks_written_{k}": v for k, v in written.items()} | {"estimated_bytes": need})
-    from accelerate import PartialState
-
-    PartialState().wait_for_everyone()  # the next stage reads every rank's chunks
+    resolve.wait_for_everyone()  # the next stage reads every rank's chunks
     if complete(out, prompts, capture):
         mark_done(out, {split: len(prompts[split]) for split in SPLITS})
         log.info("calibrate: complete in %s", out)

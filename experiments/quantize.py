@@ -72,9 +72,8 @@ def _quantize(cfg: DictConfig, config: TernaryConfig, out: Path) -> Path:
     _, _, device = resolve.process()
     train, heldout = _calibration(cfg, config.needs_calibration)
     out.mkdir(parents=True, exist_ok=True)
-    keys = ["model", "quant"] + (resolve.CALIBRATION_KEYS[1:] if config.needs_calibration else [])
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(resolve.keyed_dir(cfg, ["quantize"], "", keys)[1],
-                                                          sort_keys=False), shared=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(resolve.quantize_artifact(cfg)[1], sort_keys=False),
+                      shared=True)
     log.info("quantize: %s with %s (%s) on %s%s -> %s", cfg.model.name, config.method, config.granularity, device,
              f", {len(train)} calibration rows" if config.needs_calibration else "", out)
     if isinstance(resolve.model_spec(cfg), HubFluxSpec) and not config.needs_calibration:
@@ -92,8 +91,8 @@ def _streamed(cfg: DictConfig, config: TernaryConfig, out: Path, device: torch.d
     spec = resolve.model_spec(cfg)
     source = transformer_folder(spec)
     arch = json.loads((source / "config.json").read_text())
-    storage = storage_report(meta_flux_transformer({k: v for k, v in arch.items() if not k.startswith("_")}),
-                             per_channel_scales=config.per_channel, lowrank_rank=config.lowrank_rank)
+    storage = storage_report(meta_flux_transformer(arch), per_channel_scales=config.per_channel,
+                             lowrank_rank=config.lowrank_rank)
     checkpoint = out / resolve.QUANTIZED_SUBDIR
     start = time.perf_counter()
     stats = quantize_checkpoint_streaming(source, checkpoint, config, spec.pretrained, spec.revision)

@@ -58,6 +58,12 @@ def is_main_process() -> bool:
     return PartialState().is_main_process
 
 
+def wait_for_everyone() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+
+
 def global_shard(cfg: DictConfig, process_index: int, num_processes: int) -> tuple[int, int]:
     return combine_shards(cfg.shard.index, cfg.shard.count, process_index, num_processes)
 
@@ -93,32 +99,34 @@ def calibration_dir(cfg: DictConfig) -> Path:
     return calibration_artifact(cfg)[0]
 
 
-def quantize_dir(cfg: DictConfig) -> Path:
-    """`<output_dir>/quantize/<model>-<quant>-<hash8>`, keyed by the calibration too when the method uses it."""
+def quantize_artifact(cfg: DictConfig) -> tuple[Path, dict]:
+    """`<output_dir>/quantize/<model>-<quant>-<hash8>`, keyed by the calibration too when the method uses it, and
+    the config values that name it."""
     keys = ["model", "quant"] + (CALIBRATION_KEYS[1:] if quant_config(cfg).needs_calibration else [])
-    return keyed_dir(cfg, ["quantize"], f"{cfg.model.name}-{cfg.quant.name}", keys)[0]
+    return keyed_dir(cfg, ["quantize"], f"{cfg.model.name}-{cfg.quant.name}", keys)
+
+
+def quantize_dir(cfg: DictConfig) -> Path:
+    return quantize_artifact(cfg)[0]
 
 
 def calibration_prompts(cfg: DictConfig) -> dict[str, list[str]]:
     """The `train` and `heldout` calibration prompts: a seeded shuffle of `calib.prompt_set`, held-out first."""
     calib = cfg.calib
     wanted = calib.num_prompts + calib.heldout
+    rng = np.random.default_rng(calib.seed)
     if calib.prompt_set == "toyworld_train":  # the toy model's training distribution (an endless supply)
-        rng = np.random.default_rng(calib.seed)
         texts = [sample_prompt(rng)["prompt"] for _ in range(wanted)]
-    elif calib.prompt_set == "inline":
-        texts = [str(p) for p in calib.prompts]
-        if len(texts) < wanted:
-            raise ValueError(f"calib asks for {wanted} prompts but lists {len(texts)}")
-        texts = [texts[i] for i in np.random.default_rng(calib.seed).permutation(len(texts))[:wanted]]
     else:
-        mirror = cfg.paths.get("prompt_mirror")
-        items = load_prompt_set(calib.prompt_set, cache_dir=Path(cfg.paths.data_dir),
-                                mirror_dirs=[Path(mirror)] if mirror else [])
-        if len(items) < wanted:
-            raise ValueError(f"calib asks for {wanted} prompts but {calib.prompt_set!r} has {len(items)}")
-        order = np.random.default_rng(calib.seed).permutation(len(items))[:wanted]
-        texts = [items[i].prompt for i in order]
+        if calib.prompt_set == "inline":
+            pool = [str(p) for p in calib.prompts]
+        else:
+            mirror = cfg.paths.get("prompt_mirror")
+            pool = [item.prompt for item in load_prompt_set(calib.prompt_set, cache_dir=Path(cfg.paths.data_dir),
+                                                             mirror_dirs=[Path(mirror)] if mirror else [])]
+        if len(pool) < wanted:
+            raise ValueError(f"calib asks for {wanted} prompts but {calib.prompt_set!r} has {len(pool)}")
+        texts = [pool[i] for i in rng.permutation(len(pool))[:wanted]]
     return {"heldout": texts[:calib.heldout], "train": texts[calib.heldout:]}
 
 

@@ -100,12 +100,14 @@ FLUX1_DEV_TRANSFORMER_CONFIG = {
 
 
 def meta_flux_transformer(config: dict | None = None):
-    """FLUX.1-dev's transformer on the meta device: real shapes, no memory, no download."""
+    """A FLUX transformer on the meta device (default FLUX.1-dev's): real shapes, no memory, no download.
+
+    `config` may be a diffusers `config.json` as stored (its private `_...` keys are ignored)."""
     import torch
     from diffusers import FluxTransformer2DModel
 
     with torch.device("meta"):
-        return FluxTransformer2DModel(**(config or FLUX1_DEV_TRANSFORMER_CONFIG))
+        return FluxTransformer2DModel.from_config(config or FLUX1_DEV_TRANSFORMER_CONFIG)
 
 
 def transformer_folder(spec: HubFluxSpec) -> Path:

@@ -37,6 +37,15 @@ def is_quantized_checkpoint(directory: Path) -> bool:
     return (Path(directory) / QUANT_FILE).exists()
 
 
+def write_metadata(directory: Path, architecture: dict, config: TernaryConfig, layers: list[str],
+                   base_model: str | None, revision: str | None) -> None:
+    """The two JSON files of a checkpoint: the transformer config and the quantization settings."""
+    (directory / CONFIG_FILE).write_text(json.dumps(architecture, indent=2, default=list))
+    meta = {"format_version": FORMAT_VERSION, **asdict(config), "base_model": base_model, "revision": revision,
+            "layers": sorted(layers)}
+    (directory / QUANT_FILE).write_text(json.dumps(meta, indent=2))
+
+
 def save_quantized(transformer: FluxTransformer2DModel, directory: Path, config: TernaryConfig,
                    base_model: str | None = None, revision: str | None = None) -> Path:
     """Write the quantized transformer to `directory` atomically (a `.partial` directory renamed at the end)."""
@@ -49,10 +58,7 @@ def save_quantized(transformer: FluxTransformer2DModel, directory: Path, config:
     tmp.mkdir(parents=True)
     state = {k: v.detach().contiguous() for k, v in transformer.state_dict().items()}
     save_file(state, tmp / WEIGHTS_FILE, metadata={"format_version": str(FORMAT_VERSION)})
-    (tmp / CONFIG_FILE).write_text(json.dumps(dict(transformer.config), indent=2, default=list))
-    meta = {"format_version": FORMAT_VERSION, **asdict(config), "base_model": base_model, "revision": revision,
-            "layers": layers}
-    (tmp / QUANT_FILE).write_text(json.dumps(meta, indent=2))
+    write_metadata(tmp, dict(transformer.config), config, layers, base_model, revision)
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
     return directory

@@ -120,6 +120,22 @@ def _average_gradients(params: list[nn.Parameter]) -> None:
             p.grad.div_(world)
 
 
+def _update(optimizer: torch.optim.Optimizer, base_lrs: list[float], step: int, total: int, loss: torch.Tensor,
+            params: list[nn.Parameter], students: dict[str, STETernaryLinear], grad_clip: float) -> None:
+    """One step of either stage: cosine learning rate, backward, gradients averaged over ranks and clipped, update,
+    scales kept positive."""
+    for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+        group["lr"] = lr * _cosine(step, total)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    _average_gradients(params)
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    with torch.no_grad():
+        for m in students.values():
+            m.scale.clamp_(min=1e-8)
+
+
 def _row_sampler(total: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     while True:
         for chunk in torch.randperm(total, generator=generator).split(batch_size):
@@ -189,17 +205,8 @@ def distill_block(config: TernaryConfig, device: torch.device | str, num_blocks:
             seed = opts.seed + index + 1_000_003 * rank
             rows = _row_sampler(total, opts.batch_size, torch.Generator().manual_seed(seed))
             for step in range(opts.block_steps):
-                for g, lr in zip(optimizer.param_groups, base, strict=True):
-                    g["lr"] = lr * _cosine(step, opts.block_steps)
-                loss = loss_on(next(rows))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                _average_gradients(params)
-                torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
-                optimizer.step()
-                with torch.no_grad():
-                    for m in students.values():
-                        m.scale.clamp_(min=1e-8)
+                _update(optimizer, base, step, opts.block_steps, loss_on(next(rows)), params, students,
+                        opts.grad_clip)
             for p in frozen:
                 p.requires_grad_(True)
         after = full_loss()
@@ -280,8 +287,6 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
     try:
         for step in tqdm(range(start, opts.e2e_steps), desc="distill end-to-end", unit="step",
                          initial=start, total=opts.e2e_steps, disable=not progress):
-            for g, lr in zip(optimizer.param_groups, base, strict=True):
-                g["lr"] = lr * _cosine(step, opts.e2e_steps)
             picked = next(rows).tolist()
             if pairs:  # both halves of each guided call, unconditional first
                 kwargs, target = calib.batch([pairs[i][0] for i in picked] + [pairs[i][1] for i in picked], device,
@@ -291,14 +296,7 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
             else:
                 kwargs, target = calib.batch(picked, device, dtype)
                 loss = _rel_mse(transformer(**kwargs, return_dict=False)[0], target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            _average_gradients(params)
-            torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
-            optimizer.step()
-            with torch.no_grad():
-                for m in students.values():
-                    m.scale.clamp_(min=1e-8)
+            _update(optimizer, base, step, opts.e2e_steps, loss, params, students, opts.grad_clip)
             losses.append(loss.item())
             if saved is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == opts.e2e_steps):
                 _save_e2e(saved, step + 1, losses, params, optimizer)

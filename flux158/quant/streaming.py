@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ from tqdm.auto import tqdm
 
 from flux158.models.hub import meta_flux_transformer
 from flux158.quant.api import block_linear_names
-from flux158.quant.checkpoint import CONFIG_FILE, FORMAT_VERSION, QUANT_FILE
+from flux158.quant.checkpoint import FORMAT_VERSION, write_metadata
 from flux158.quant.config import TernaryConfig
 from flux158.quant.linear import TernaryLinear
 from flux158.quant.metrics import LayerStats, layer_stats
@@ -48,8 +47,7 @@ def quantize_checkpoint_streaming(source: Path, out: Path, config: TernaryConfig
         raise ValueError(f"{config.method} needs calibration data; streaming handles the data-free methods only")
     source, out = Path(source), Path(out)
     arch = json.loads((source / "config.json").read_text())
-    arch_fields = {k: v for k, v in arch.items() if not k.startswith("_")}
-    layers = block_linear_names(meta_flux_transformer(arch_fields))
+    layers = block_linear_names(meta_flux_transformer(arch))
     weights = {f"{name}.weight": name for name in layers}
     biases = {f"{name}.bias": name for name in layers}
 
@@ -61,18 +59,19 @@ def quantize_checkpoint_streaming(source: Path, out: Path, config: TernaryConfig
     for i, shard in enumerate(tqdm(shards, desc="quantize shards", unit="shard", disable=not progress)):
         tensors: dict[str, torch.Tensor] = {}
         with safe_open(shard, framework="pt") as f:
-            for key in f.keys():
+            keys = set(f.keys())
+            for key in sorted(keys):
                 if key in weights:
                     name = weights[key]
                     w = f.get_tensor(key)
                     bias_key = f"{name}.bias"
-                    bias = f.get_tensor(bias_key) if bias_key in f.keys() else None
+                    bias = f.get_tensor(bias_key) if bias_key in keys else None
                     codes, scale = ternarize(w, config.method, config.per_channel)
                     module = TernaryLinear.from_codes(codes, scale, bias, config, weight=w)
                     stats[name] = layer_stats(w, module.dequantize(), codes)
                     tensors.update({f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()})
                 elif key in biases:
-                    if f"{biases[key]}.weight" not in f.keys():
+                    if f"{biases[key]}.weight" not in keys:
                         raise ValueError(f"{shard}: bias {key} is stored apart from its weight; re-shard the model")
                 else:
                     tensors[key] = f.get_tensor(key)
@@ -82,10 +81,7 @@ def quantize_checkpoint_streaming(source: Path, out: Path, config: TernaryConfig
     missing = set(layers) - set(stats)
     if missing:
         raise ValueError(f"{source} lacks the weights of {len(missing)} block linears, e.g. {sorted(missing)[:3]}")
-    (tmp / CONFIG_FILE).write_text(json.dumps(arch_fields, indent=2))
-    meta = {"format_version": FORMAT_VERSION, **asdict(config), "base_model": base_model, "revision": revision,
-            "layers": sorted(layers)}
-    (tmp / QUANT_FILE).write_text(json.dumps(meta, indent=2))
+    write_metadata(tmp, arch, config, layers, base_model, revision)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return stats
