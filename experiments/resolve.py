@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from flux158.artifacts import config_hash, is_done
 from flux158.data.prompts import PromptItem, geneval_prompts_from_records, load_prompt_set, take_per_group
 from flux158.models import ModelSpec, ToyWorldSource, load_pipeline, parse_dtype
-from flux158.quant import TernaryConfig, quantize_
+from flux158.quant import TernaryConfig, quantize_, set_activations
 from flux158.quant.calibration import CalibrationError
 from flux158.sharding import combine_shards
 from flux158.toyworld.scenes import heldout_prompts, sample_prompt
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 CALIBRATION_KEYS = ["model", "sampler", "calib.name", "calib.prompt_set", "calib.prompts", "calib.num_prompts",
                     "calib.heldout", "calib.states_per_prompt", "calib.chunk_size", "calib.batch_size", "calib.seed"]
 QUANTIZED_SUBDIR = "transformer"
+ACTIVATION_KEYS = ("act_bits", "act_format")
 
 
 def prompts(cfg: DictConfig) -> list[PromptItem]:
@@ -103,7 +104,11 @@ def quantize_artifact(cfg: DictConfig) -> tuple[Path, dict]:
     """`<output_dir>/quantize/<model>-<quant>-<hash8>`, keyed by the calibration too when the method uses it, and
     the config values that name it."""
     keys = ["model", "quant"] + (CALIBRATION_KEYS[1:] if quant_config(cfg).needs_calibration else [])
-    return keyed_dir(cfg, ["quantize"], f"{cfg.model.name}-{cfg.quant.name}", keys)
+    weights_only = cfg.copy()  # activation precision is applied at load time: W2A16 and W1.58A8 share weights
+    with open_dict(weights_only):
+        for key in ACTIVATION_KEYS:
+            weights_only.quant.config.pop(key, None)
+    return keyed_dir(weights_only, ["quantize"], f"{cfg.model.name}-{cfg.quant.name}", keys)
 
 
 def quantize_dir(cfg: DictConfig) -> Path:
@@ -163,6 +168,10 @@ def pipeline(cfg: DictConfig, device: torch.device):
         report = quantize_(pipe.transformer, config)
         log.info("quantized %d block linears (%.2f%% of %d transformer parameters) with %s", len(report.quantized),
                  100 * report.share, report.total_params, cfg.quant.name)
+    elif config is not None:  # activation precision is an inference setting, not part of the checkpoint
+        set_activations(pipe.transformer, config.act_bits, config.act_format)
+    if config is not None and config.act_bits == 8:
+        log.info("W1.58A8: per-token %s activations in every ternary linear", config.act_format)
     return pipe
 
 

@@ -17,6 +17,9 @@ MIRROR = Path(os.environ.get("FLUX158_PROMPT_MIRROR", REPO.parent / "shared" / "
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidiactl").exists():
+    # No GPU: Triton kernels run in its interpreter (set before anything imports triton).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

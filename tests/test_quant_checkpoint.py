@@ -33,7 +33,7 @@ def _out(transformer):
 def test_save_then_load_is_bit_identical(quantized, tmp_path):
     path = save(quantized.transformer, tmp_path / "q", TernaryConfig("twn", "channel", "trit5"), "tiny", None)
     meta = json.loads((path / "quantization.json").read_text())
-    assert meta["format_version"] == 1 and meta["method"] == "twn" and len(meta["layers"]) == 2 * 14 + 2 * 6
+    assert meta["format_version"] == 2 and meta["method"] == "twn" and len(meta["layers"]) == 2 * 14 + 2 * 6
     loaded = load_quantized(path)
     assert sum(isinstance(m, TernaryLinear) for m in loaded.modules()) == len(meta["layers"])
     assert not any(p.is_meta for p in loaded.parameters()) and not any(b.is_meta for b in loaded.buffers())

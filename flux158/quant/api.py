@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -104,3 +104,12 @@ def quantize_(transformer: nn.Module, config: TernaryConfig, calib=None, *, devi
         if config.distill.e2e_steps:
             report.e2e_losses = tune_end_to_end(transformer, calib, config, device, progress, checkpoint_dir)
     return report
+
+
+def set_activations(transformer: nn.Module, act_bits: int, act_format: str = "int8") -> int:
+    """Switch every `TernaryLinear` to 16-bit (W2A16) or per-token 8-bit (W1.58A8) activations; the weights are
+    untouched, so one checkpoint serves both. Returns the number of layers switched."""
+    layers = [m for m in transformer.modules() if isinstance(m, TernaryLinear)]
+    for m in layers:
+        m.config = replace(m.config, act_bits=act_bits, act_format=act_format)
+    return len(layers)

@@ -25,7 +25,7 @@ from flux158.errors import Flux158Error
 from flux158.quant.config import TernaryConfig
 from flux158.quant.linear import TernaryLinear
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: group-interleaved `2bit` layout (kernels.layout); 1 was plainly K-packed
 QUANT_FILE, CONFIG_FILE, WEIGHTS_FILE = "quantization.json", "transformer_config.json", "model.safetensors"
 
 
@@ -80,7 +80,8 @@ def load_quantized(directory: Path, device: str | torch.device = "cpu") -> FluxT
     if meta.get("format_version") != FORMAT_VERSION:
         raise QuantizedCheckpointError(
             f"{directory} has format version {meta.get('format_version')}, this code reads {FORMAT_VERSION}")
-    config = TernaryConfig(meta["method"], meta["granularity"], meta["packing"], meta.get("lowrank_rank", 0))
+    config = TernaryConfig(meta["method"], meta["granularity"], meta["packing"], meta.get("lowrank_rank", 0),
+                           meta.get("act_bits", 16), meta.get("act_format", "int8"))
     with torch.device("meta"):
         model = FluxTransformer2DModel.from_config(arch)
         for name in meta["layers"]:

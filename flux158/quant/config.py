@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from flux158.quant.packing import FORMATS
 from flux158.quant.ternary import METHODS as DATA_FREE_METHODS
+from kernels.reference import ACT_FORMATS
 
 GRANULARITIES = ("tensor", "channel")
 CALIBRATED_METHODS = ("gptq", "distill")
@@ -98,6 +99,9 @@ class TernaryConfig:
         packing: storage format of the codes, `2bit` (compute) or `trit5` (archival).
         lowrank_rank: rank of an optional BF16 correction `A @ B` of each layer's residual (0 = pure ternary; its
             bytes count in every storage figure).
+        act_bits: 16 keeps the activations as they are (W2A16); 8 quantizes them per token at inference (W1.58A8,
+            BitNet-style absmax), which changes the numerics and runs on int8/fp8 tensor cores on GPUs.
+        act_format: the 8-bit activation type, `int8` (Ampere and later) or `fp8` (e4m3; Ada and Hopper).
         gptq, distill: options of those methods (defaults filled in when the method is chosen).
     """
 
@@ -105,6 +109,8 @@ class TernaryConfig:
     granularity: str = "tensor"
     packing: str = "2bit"
     lowrank_rank: int = 0
+    act_bits: int = 16
+    act_format: str = "int8"
     gptq: GPTQConfig | None = None
     distill: DistillConfig | None = None
 
@@ -118,6 +124,9 @@ class TernaryConfig:
             raise ValueError(f"unknown packing {self.packing!r}; choose one of {FORMATS}")
         if self.lowrank_rank < 0:
             raise ValueError(f"lowrank_rank must be >= 0, got {self.lowrank_rank}")
+        if self.act_bits not in (8, 16) or self.act_format not in ACT_FORMATS:
+            raise ValueError(f"act_bits must be 16 or 8 and act_format one of {ACT_FORMATS}, got "
+                             f"{self.act_bits} / {self.act_format!r}")
         if self.method in CALIBRATED_METHODS and self.granularity != "channel":
             raise ValueError(f"{self.method} learns one scale per output channel: use granularity='channel'")
         if self.method == "gptq" and self.gptq is None:
@@ -132,6 +141,11 @@ class TernaryConfig:
     @property
     def per_channel(self) -> bool:
         return self.granularity == "channel"
+
+    @property
+    def activations(self) -> str | None:
+        """The kernels' activation format: None (16-bit), `int8` or `fp8`."""
+        return None if self.act_bits == 16 else self.act_format
 
     @property
     def needs_calibration(self) -> bool:

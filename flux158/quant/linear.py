@@ -9,6 +9,8 @@ from torch import nn
 from flux158.quant.config import TernaryConfig
 from flux158.quant.packing import pack, packed_shape, unpack
 from flux158.quant.ternary import ternarize
+from kernels import ternary_linear
+from kernels.reference import ternary_linear_dense
 
 
 def lowrank_factors(residual: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +43,7 @@ class TernaryLinear(nn.Module):
         r = config.lowrank_rank
         self.register_buffer("lowrank_a", torch.empty(out_features, r, dtype=dtype, device=device) if r else None)
         self.register_buffer("lowrank_b", torch.empty(r, in_features, dtype=dtype, device=device) if r else None)
-        self._codes_cache: torch.Tensor | None = None
+        self.backend = "auto"  # `kernels.ternary_linear` backend: auto, triton or reference
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, config: TernaryConfig,
@@ -77,29 +79,25 @@ class TernaryLinear(nn.Module):
 
     def codes(self) -> torch.Tensor:
         """(out, in) int8 codes."""
-        if self._codes_cache is not None:
-            return self._codes_cache
         return unpack(self.packed, self.config.packing, (self.out_features, self.in_features))
-
-    def cache_codes(self, enabled: bool = True) -> None:
-        """Keep the unpacked codes (1 byte per weight) between calls, e.g. while training scales."""
-        self._codes_cache = unpack(self.packed, self.config.packing,
-                                   (self.out_features, self.in_features)) if enabled else None
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The effective ternary weight `scale * codes`, (out, in), without the low-rank correction."""
         return (self.codes().to(torch.float32) * self.scale).to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Reference path: unpack, then the dense GEMM. The fused Triton kernels plug in here.
-        bias = self.bias.to(x.dtype) if self.bias is not None else None
-        y = F.linear(x, self.dequantize(x.dtype), bias)
+        act = self.config.activations
+        if self.config.packing == "2bit":  # Triton on CUDA, the pure-torch reference elsewhere (`self.backend`)
+            y = ternary_linear(x, self.packed, self.scale, self.bias, self.in_features, act, self.backend)
+        else:
+            y = ternary_linear_dense(x, self.codes(), self.scale, self.bias, act)
         if self.lowrank_a is not None:
             y = y + F.linear(F.linear(x, self.lowrank_b.to(x.dtype)), self.lowrank_a.to(x.dtype))
         return y
 
     def extra_repr(self) -> str:
         lowrank = f", lowrank_rank={self.config.lowrank_rank}" if self.config.lowrank_rank else ""
+        acts = f", activations={self.config.activations}" if self.config.activations else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"method={self.config.method}, granularity={self.config.granularity}, bits=1.58 "
-                f"({self.config.packing}){lowrank}")
+                f"({self.config.packing}){acts}{lowrank}")

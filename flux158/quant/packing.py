@@ -1,8 +1,8 @@
 """Packed storage of ternary codes; every format round-trips exactly for any shape.
 
-`2bit` (compute): stores `code + 1` in {0, 1, 2}, four per byte along the input dimension K. For a weight of shape
-(N, K) the packed tensor is (ceil(K / 4), N) uint8 and K index `4 i + j` sits in bits `2j..2j+1` of row i, so a
-kernel tile over K unpacks with one shift and mask. Padding codes are 0 (stored as 1).
+`2bit` (compute): code + 1 in two bits, four per byte along the input dimension K, group-interleaved for the
+kernels. The layout is owned by `kernels.layout` (the kernels read it); for a weight (N, K) the packed tensor is
+(packed_rows(K), N) uint8, K padded to a multiple of 128.
 `trit5` (archival, 1.6 bits): the flattened codes + 1 in base 3, five trits per byte (3^5 = 243 <= 256).
 """
 
@@ -10,26 +10,11 @@ from __future__ import annotations
 
 import torch
 
+from kernels.layout import pack_ternary as pack_2bit
+from kernels.layout import packed_rows
+from kernels.layout import unpack_ternary as unpack_2bit
+
 FORMATS = ("2bit", "trit5")
-
-
-def pack_2bit(codes: torch.Tensor) -> torch.Tensor:
-    """(N, K) int8 codes in {-1, 0, 1} -> (ceil(K/4), N) uint8."""
-    n, k = codes.shape
-    pad = (-k) % 4
-    u = (codes.to(torch.int16) + 1).T  # (K, N)
-    if pad:
-        u = torch.cat([u, torch.ones(pad, n, dtype=u.dtype, device=u.device)])
-    u = u.reshape(-1, 4, n)
-    packed = u[:, 0] | (u[:, 1] << 2) | (u[:, 2] << 4) | (u[:, 3] << 6)
-    return packed.to(torch.uint8)
-
-
-def unpack_2bit(packed: torch.Tensor, k: int) -> torch.Tensor:
-    """(ceil(K/4), N) uint8 -> (N, K) int8 codes."""
-    p = packed.to(torch.int16)
-    u = torch.stack([(p >> (2 * j)) & 3 for j in range(4)], dim=1)  # (K/4, 4, N)
-    return (u.reshape(-1, p.shape[1])[:k].T - 1).to(torch.int8).contiguous()
 
 
 def pack_trit5(codes: torch.Tensor) -> torch.Tensor:
@@ -57,7 +42,7 @@ def packed_shape(fmt: str, shape: tuple[int, int]) -> tuple[int, ...]:
     """Shape of the packed tensor for (N, K) codes, without packing anything."""
     n, k = shape
     if fmt == "2bit":
-        return (-(-k // 4), n)
+        return (packed_rows(k), n)
     if fmt == "trit5":
         return (-(-(n * k) // 5),)
     raise ValueError(f"unknown packing {fmt!r}; choose one of {FORMATS}")

@@ -1,0 +1,55 @@
+"""`ternary_linear`: one entry point that runs the Triton kernels on CUDA and the pure-torch reference elsewhere."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Literal, Optional
+
+import torch
+
+from kernels.reference import check_act_format, ternary_linear_ref
+
+ActFormat = Optional[Literal["int8", "fp8"]]
+BACKENDS = ("auto", "triton", "reference")
+_ACT_MODES = {None: 0, "int8": 1, "fp8": 2}
+_MIN_CAPABILITY = {None: (8, 0), "int8": (8, 0), "fp8": (8, 9)}  # int8 MMA: Ampere; fp8 e4m3 MMA: Ada / Hopper
+
+
+def kernel_available(x: torch.Tensor, act: ActFormat = None) -> bool:
+    """Whether the Triton kernels serve `x` on its device: CUDA, Triton installed, a GPU new enough for `act`,
+    and 16-bit activations unless they are quantized to 8 bits (fp32 inputs would need a tf32 or slow ieee dot)."""
+    if not x.is_cuda or importlib.util.find_spec("triton") is None:
+        return False
+    if torch.cuda.get_device_capability(x.device) < _MIN_CAPABILITY[act]:
+        return False
+    return act is not None or x.dtype in (torch.bfloat16, torch.float16)
+
+
+def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                   in_features: int, act: ActFormat = None, backend: str = "auto") -> torch.Tensor:
+    """y = x @ (scale * codes)^T + bias for codes packed in the `2bit` layout, output in x's dtype.
+
+    Args:
+        x: (..., in_features) activations.
+        packed: (packed_rows(in_features), out_features) uint8 (`kernels.layout`).
+        scale: float32 with 1 (per tensor) or out_features (per channel) elements.
+        bias: (out_features,) or None.
+        act: None keeps 16-bit activations (W2A16); `int8` / `fp8` quantizes them per token (W1.58A8).
+        backend: `auto` (Triton when `kernel_available` and no gradient is needed, else the reference),
+            `triton` (also on CPU under TRITON_INTERPRET=1) or `reference`.
+    """
+    check_act_format(act)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, scale, bias))
+        backend = "triton" if kernel_available(x, act) and not needs_grad else "reference"
+    if backend == "reference":
+        return ternary_linear_ref(x, packed, scale, bias, in_features, act)
+    from kernels import ops  # noqa: F401  (imports triton and registers torch.ops.flux158)
+
+    x2 = x.reshape(-1, in_features).contiguous()
+    y = torch.ops.flux158.ternary_mm(x2, packed, scale.reshape(-1).float().contiguous(), bias, in_features,
+                                     _ACT_MODES[act])
+    return y.reshape(*x.shape[:-1], packed.shape[1])

@@ -1,0 +1,127 @@
+"""`torch.ops.flux158.ternary_mm`: the Triton kernels registered with `torch.library.triton_op`, so eager calls
+and `torch.compile` graphs both see them (Inductor traces the launches instead of treating the op as opaque).
+
+Launch rules: M <= 16 runs the split-K GEMV (the modulation and embedding linears see one row), larger M the fused
+GEMM. 8-bit activation modes first quantize each row (`quantize_rows_kernel`). On CUDA block sizes are autotuned;
+under TRITON_INTERPRET=1 (CPU tests) small fixed blocks are used, because `triton.autotune` needs a GPU driver.
+"""
+
+# No `from __future__ import annotations`: torch.library infers the op schema from real annotations.
+import os
+from typing import Optional
+
+import torch
+import triton
+from torch.library import triton_op, wrap_triton
+
+from kernels import triton_kernels as tk
+from kernels.layout import GROUP
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+GEMV_MAX_M = 16
+ACT_DTYPES = {1: torch.int8, 2: torch.float8_e4m3fn}
+
+_GEMM_CONFIGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): kernels.md section 3.5 starting points
+    (128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 256, 8, 3),
+    (64, 128, 128, 4, 4), (128, 64, 128, 4, 4), (64, 64, 128, 4, 4),
+]
+_GEMV_CONFIGS = [(64, 4, 3), (128, 4, 3), (256, 8, 3), (128, 8, 4)]  # (BLOCK_N, warps, stages)
+
+
+def _gemm_tuned():
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=w, num_stages=s)
+               for m, n, k, w, s in _GEMM_CONFIGS]
+    return triton.autotune(configs, key=["M", "N", "K"])(tk.ternary_gemm_kernel)
+
+
+def _gemv_tuned():
+    configs = [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s) for n, w, s in _GEMV_CONFIGS]
+    return triton.autotune(configs, key=["M", "N", "K"])(tk.ternary_gemv_kernel)
+
+
+_TUNED = {} if INTERPRET else {"gemm": _gemm_tuned(), "gemv": _gemv_tuned()}
+
+
+def _flags(w_scale: torch.Tensor, bias: Optional[torch.Tensor], act_mode: int) -> dict:
+    return {"A_MODE": act_mode, "PER_CHANNEL": w_scale.numel() > 1, "HAS_BIAS": bias is not None,
+            "UPCAST": INTERPRET}
+
+
+def quantize_rows(x: torch.Tensor, act_mode: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) float -> (int8 or fp8 codes, fp32 (M,) scales), per-token absmax (see `kernels.reference`)."""
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=ACT_DTYPES[act_mode], device=x.device)
+    s = torch.empty((m,), dtype=torch.float32, device=x.device)
+    block = 128 if INTERPRET else 1024
+    wrap_triton(tk.quantize_rows_kernel)[(m,)](x, q, s, k, x.stride(0), q.stride(0), A_MODE=act_mode, BLOCK=block,
+                                                num_warps=4)
+    return q, s
+
+
+def _gemm(a, packed, w_scale, a_scale, bias, out, k, act_mode):
+    m, n = a.shape[0], packed.shape[1]
+    args = (a, packed, w_scale, a_scale, bias if bias is not None else w_scale, out, m, n, k, packed.shape[0],
+            a.stride(0), a.stride(1), packed.stride(0), packed.stride(1), out.stride(0), out.stride(1))
+    if INTERPRET:
+        meta = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 2 * GROUP, "GROUP_M": 2}
+        grid = (triton.cdiv(m, 32) * triton.cdiv(n, 32),)
+        wrap_triton(tk.ternary_gemm_kernel)[grid](*args, **_flags(w_scale, bias, act_mode), **meta)
+    else:
+        def grid(meta):
+            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+        wrap_triton(_TUNED["gemm"])[grid](*args, **_flags(w_scale, bias, act_mode))
+
+
+def _split_count(n: int, groups: int, device: torch.device) -> int:
+    """K splits so that ~4 programs per SM stream the weights (at BLOCK_N 128)."""
+    sms = 4 if INTERPRET else torch.cuda.get_device_properties(device).multi_processor_count
+    per_split = triton.cdiv(groups, max(1, min(groups, (4 * sms) // triton.cdiv(n, 128))))
+    return triton.cdiv(groups, per_split)
+
+
+def _gemv(a, packed, w_scale, a_scale, bias, out, k, act_mode):
+    m, n = a.shape[0], packed.shape[1]
+    groups = triton.cdiv(k, GROUP)
+    splits = _split_count(n, groups, a.device)
+    per_split = triton.cdiv(groups, splits)
+    part = torch.empty((splits, m, n), dtype=torch.float32, device=a.device)
+    args = (a, packed, part, m, n, k, packed.shape[0], per_split, a.stride(0), a.stride(1), packed.stride(0),
+            packed.stride(1), part.stride(0), part.stride(1), part.stride(2))
+    if INTERPRET:
+        wrap_triton(tk.ternary_gemv_kernel)[(triton.cdiv(n, 32), splits)](
+            *args, A_MODE=act_mode, UPCAST=True, BLOCK_M=GEMV_MAX_M, BLOCK_N=32)
+    else:
+        def grid(meta):
+            return (triton.cdiv(n, meta["BLOCK_N"]), splits)
+        wrap_triton(_TUNED["gemv"])[grid](*args, A_MODE=act_mode, UPCAST=False, BLOCK_M=GEMV_MAX_M)
+    flags = _flags(w_scale, bias, act_mode)
+    del flags["UPCAST"]
+    wrap_triton(tk.splitk_epilogue_kernel)[(m, triton.cdiv(n, 256))](
+        part, w_scale, a_scale, bias if bias is not None else w_scale, out, m, n, splits, part.stride(0),
+        part.stride(1), part.stride(2), out.stride(0), out.stride(1), **flags, BLOCK_N=256)
+
+
+@triton_op("flux158::ternary_mm", mutates_args=())
+def ternary_mm(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor],
+               in_features: int, act_mode: int) -> torch.Tensor:
+    """y (M, N) = x (M, K) @ (w_scale * codes)^T + bias; x contiguous, w_scale fp32 with 1 or N elements,
+    act_mode 0 (16-bit activations), 1 (int8) or 2 (fp8 e4m3)."""
+    m = x.shape[0]
+    out = torch.empty((m, packed.shape[1]), dtype=x.dtype, device=x.device)
+    a, a_scale = (x, w_scale) if act_mode == 0 else quantize_rows(x, act_mode)
+    if act_mode == 2:
+        a = a.view(torch.uint8)  # the kernels bitcast it back (masked loads need an integer zero)
+    launch = _gemv if m <= GEMV_MAX_M else _gemm
+    launch(a, packed, w_scale, a_scale, bias, out, in_features, act_mode)
+    return out
+
+
+def unpack_codes(packed: torch.Tensor, in_features: int, dtype: torch.dtype,
+                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Dense (N, K) codes in `dtype` (int8, bf16, fp16 or fp8), written into `out` (a reused scratch) if given."""
+    n = packed.shape[1]
+    w = out if out is not None else torch.empty((n, in_features), dtype=dtype, device=packed.device)
+    grid = (triton.cdiv(in_features, GROUP), triton.cdiv(n, 128))
+    tk.unpack_kernel[grid](packed, w, n, in_features, packed.shape[0], packed.stride(0), packed.stride(1),
+                           w.stride(0), w.stride(1), BLOCK_N=128)
+    return w
