@@ -9,13 +9,13 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import calibrate, evaluate, generate, provenance, quantize, storage, toyworld_train
+from experiments import benchmark, calibrate, evaluate, generate, provenance, quantize, storage, toyworld_train
 from flux158.errors import Flux158Error
 
 log = logging.getLogger("flux158")
 
 STAGES = {"calibrate": calibrate.run, "quantize": quantize.run, "generate": generate.run, "evaluate": evaluate.run,
-          "train_toyworld": toyworld_train.run, "storage": storage.run}
+          "train_toyworld": toyworld_train.run, "storage": storage.run, "latency": benchmark.run}
 
 
 def _describe_run(cfg: DictConfig) -> None:

@@ -85,8 +85,9 @@ def quant_config(cfg: DictConfig) -> TernaryConfig | None:
 def full_precision(cfg: DictConfig) -> DictConfig:
     """The same config without quantization (the teacher)."""
     plain = cfg.copy()
-    plain.quant.config = None
-    plain.quant.checkpoint = None
+    with open_dict(plain):
+        plain.quant.config = None
+        plain.quant.checkpoint = None
     return plain
 
 

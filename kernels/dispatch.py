@@ -15,12 +15,17 @@ _ACT_MODES = {None: 0, "int8": 1, "fp8": 2}
 _MIN_CAPABILITY = {None: (8, 0), "int8": (8, 0), "fp8": (8, 9)}  # int8 MMA: Ampere; fp8 e4m3 MMA: Ada / Hopper
 
 
+@torch.compiler.assume_constant_result  # evaluated once while torch.compile traces, not a graph break
+def _gpu_supports(device_index: int, act: ActFormat) -> bool:
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return torch.cuda.get_device_capability(device_index) >= _MIN_CAPABILITY[act]
+
+
 def kernel_available(x: torch.Tensor, act: ActFormat = None) -> bool:
     """Whether the Triton kernels serve `x` on its device: CUDA, Triton installed, a GPU new enough for `act`,
     and 16-bit activations unless they are quantized to 8 bits (fp32 inputs would need a tf32 or slow ieee dot)."""
-    if not x.is_cuda or importlib.util.find_spec("triton") is None:
-        return False
-    if torch.cuda.get_device_capability(x.device) < _MIN_CAPABILITY[act]:
+    if not x.is_cuda or not _gpu_supports(x.device.index or 0, act):
         return False
     return act is not None or x.dtype in (torch.bfloat16, torch.float16)
 

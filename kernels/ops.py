@@ -31,12 +31,12 @@ _GEMV_CONFIGS = [(64, 4, 3), (128, 4, 3), (256, 8, 3), (128, 8, 4)]  # (BLOCK_N,
 def _gemm_tuned():
     configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=w, num_stages=s)
                for m, n, k, w, s in _GEMM_CONFIGS]
-    return triton.autotune(configs, key=["M", "N", "K"])(tk.ternary_gemm_kernel)
+    return triton.autotune(configs, key=["M", "N", "K", "A_MODE"])(tk.ternary_gemm_kernel)
 
 
 def _gemv_tuned():
     configs = [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s) for n, w, s in _GEMV_CONFIGS]
-    return triton.autotune(configs, key=["M", "N", "K"])(tk.ternary_gemv_kernel)
+    return triton.autotune(configs, key=["M", "N", "K", "A_MODE"])(tk.ternary_gemv_kernel)
 
 
 _TUNED = {} if INTERPRET else {"gemm": _gemm_tuned(), "gemv": _gemv_tuned()}

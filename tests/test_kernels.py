@@ -162,8 +162,8 @@ def test_ternary_linear_module_same_with_and_without_kernel():
     from flux158.quant import TernaryConfig, TernaryLinear
 
     torch.manual_seed(0)
-    linear = torch.nn.Linear(200, 48).to(torch.bfloat16)
-    x = torch.randn(3, 7, 200, dtype=torch.bfloat16)
+    linear = torch.nn.Linear(200, 48).to(DEVICE, torch.bfloat16)
+    x = torch.randn(3, 7, 200, dtype=torch.bfloat16, device=DEVICE)
     for act_bits in (16, 8):
         module = TernaryLinear.from_linear(linear, TernaryConfig("l2_optimal", "channel", act_bits=act_bits))
         module.backend = "reference"
@@ -177,7 +177,7 @@ def test_ternary_linear_module_same_with_and_without_kernel():
             assert not torch.equal(module(x), fused)
 
 
-FLUX_SHAPES = [(3072, 3072), (3072, 12288), (12288, 3072), (15360, 3072), (3072, 18432)]
+FLUX_SHAPES = [(3072, 3072), (15360, 3072), (3072, 18432)]
 
 
 @pytest.mark.gpu

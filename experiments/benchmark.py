@@ -1,0 +1,134 @@
+"""Stage `latency` (`experiment=latency`): transformer step latency and peak memory of BF16, ternary W2A16 and
+ternary W1.58A8, eager and `torch.compile`d (regional: the repeated blocks), per resolution (paper Table 3, Fig. 2).
+
+On a GPU it times the configured model (FLUX.1-dev-shaped with random weights by default); on a CPU only the tiny
+model runs, as a smoke test of the protocol, and `metrics.json` says so (`smoke: true`).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from experiments import provenance, resolve, tracking
+from flux158.artifacts import atomic_write_text
+from flux158.errors import Flux158Error
+from flux158.latency import StepSettings, random_transformer, time_steps, transformer_inputs
+from flux158.models import HubFluxSpec, parse_dtype
+from flux158.models.hub import FLUX1_DEV_TRANSFORMER_CONFIG
+from flux158.quant import TernaryConfig, quantize_, set_activations
+
+log = logging.getLogger(__name__)
+VARIANTS = {"bf16": None, "w2a16": (16, "int8"), "w158a8_int8": (8, "int8"), "w158a8_fp8": (8, "fp8")}
+COLUMNS = ["variant", "compiled", "resolution", "per_step_ms", "total_ms", "weights_gib", "peak_gib", "error"]
+
+
+def _architecture(cfg: DictConfig) -> dict:
+    if isinstance(resolve.model_spec(cfg), HubFluxSpec):
+        return {**FLUX1_DEV_TRANSFORMER_CONFIG, "guidance_embeds": cfg.model.get("guidance_embeds", True)}
+    return dict(resolve.pipeline(resolve.full_precision(cfg), torch.device("cpu")).transformer.config)
+
+
+def _convert(model: torch.nn.Module, variant: str, method: str, quantized: bool) -> bool:
+    """Turn `model` into `variant` in place (BF16 -> ternary is one-way); returns whether it is ternary now."""
+    bits = VARIANTS[variant]
+    if bits is None:
+        if quantized:
+            raise Flux158Error("latency.variants must list bf16 before the ternary variants")
+        return False
+    if not quantized:
+        quantize_(model, TernaryConfig(method, "channel"))
+    set_activations(model, *bits)
+    return True
+
+
+def _gib(n: int | None) -> float | None:
+    return None if n is None else round(n / 2**30, 3)
+
+
+def run(cfg: DictConfig) -> Path:
+    lat = cfg.latency
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    smoke = device.type == "cpu"
+    if smoke and isinstance(resolve.model_spec(cfg), HubFluxSpec):
+        raise Flux158Error("experiment=latency on a CPU runs the tiny-model smoke test only: add model=tiny")
+    unknown = [v for v in lat.variants if v not in VARIANTS]
+    if unknown:
+        raise Flux158Error(f"unknown latency variant(s) {unknown}; choose from {list(VARIANTS)}")
+    arch = _architecture(cfg)
+    dtype = parse_dtype(lat.dtype)
+    torch._dynamo.config.automatic_dynamic_shapes = False  # one static graph per resolution, as in deployment
+    torch._dynamo.config.cache_size_limit = 64
+    out = Path(cfg.paths.output_dir) / "latency" / f"{cfg.model.name}-{device.type}"
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    metrics = {"model": cfg.model.name, "quant": "latency", "benchmark": "latency", **provenance.environment(),
+               "triton": _triton_version(), "smoke": smoke, "weights": "random",
+               "settings": {**OmegaConf.to_container(lat, resolve=True), "device": str(device)},
+               "metrics": {"rows": rows}}
+    for compiled in lat.compile:
+        if compiled and smoke:
+            log.info("latency: torch.compile is timed on GPUs only; skipping on CPU")
+            continue
+        model, quantized = random_transformer(arch, device, dtype, seed=cfg.seed), False
+        for variant in lat.variants:
+            quantized = _convert(model, variant, lat.method, quantized)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if compiled:
+                model.compile_repeated_blocks(fullgraph=lat.fullgraph)
+            for resolution in lat.resolutions:
+                settings = StepSettings(resolution, resolution, lat.steps, lat.warmup, 1, lat.text_tokens)
+                timing = time_steps(model, transformer_inputs(arch, settings, device, dtype), settings)
+                row = {"variant": variant, "compiled": compiled, "resolution": resolution,
+                       "per_step_ms": timing.per_step_ms, "total_ms": timing.total_ms,
+                       "weights_gib": _gib(timing.weights_bytes), "peak_gib": _gib(timing.peak_bytes),
+                       "error": timing.error}
+                rows.append(row)
+                log.info("latency %s%s %dpx: %s", variant, " (compiled)" if compiled else "", resolution,
+                         timing.error or f"{timing.per_step_ms:.2f} ms/step, {lat.steps} steps "
+                         f"{timing.total_ms / 1e3:.2f} s, peak {_gib(timing.peak_bytes)} GiB")
+                atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # partial results survive
+        del model
+        gc.collect()
+    _speedups(rows)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    with tracking.track(cfg, "latency") as tracker:
+        tracker.table("latency", COLUMNS + ["speedup_vs_bf16_compiled", "memory_ratio_vs_bf16"],
+                      [[r.get(c) for c in COLUMNS + ["speedup_vs_bf16_compiled", "memory_ratio_vs_bf16"]]
+                       for r in rows])
+        tracker.artifact(out / "metrics.json", f"latency-{cfg.model.name}-{device.type}", "results")
+    log.info("latency: wrote %s (%s%s)", out / "metrics.json", metrics["gpu"], ", CPU smoke test" if smoke else "")
+    return out
+
+
+def _speedups(rows: list[dict]) -> None:
+    """Each row's speedup over compiled BF16 (eager BF16 where nothing was compiled) at its resolution, and its
+    peak memory over BF16's."""
+    for r in rows:
+        base = next((b for b in rows if b["variant"] == "bf16" and b["resolution"] == r["resolution"]
+                     and b["compiled"] and b["per_step_ms"]), None) or next(
+            (b for b in rows if b["variant"] == "bf16" and b["resolution"] == r["resolution"] and b["per_step_ms"]),
+            None)
+        if base and r["per_step_ms"]:
+            r["speedup_vs_bf16_compiled" if base["compiled"] else "speedup_vs_bf16_eager"] = round(
+                base["per_step_ms"] / r["per_step_ms"], 3)
+        if base and r["peak_gib"] and base["peak_gib"]:
+            r["memory_ratio_vs_bf16"] = round(base["peak_gib"] / r["peak_gib"], 2)
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+

@@ -1,0 +1,115 @@
+"""Transformer step latency and memory (the paper's Table 3 protocol): random-weight FLUX transformers built on the
+device, inputs for one image at a resolution, and CUDA-event timing of a denoising loop after warm-up."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from diffusers import FluxTransformer2DModel
+
+from flux158.models.hub import meta_flux_transformer
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """One timed denoising loop: `steps` transformer calls on one `height` x `width` image after `warmup` calls."""
+
+    height: int = 1024
+    width: int = 1024
+    steps: int = 50
+    warmup: int = 3
+    batch: int = 1
+    text_tokens: int = 512
+    guidance: float = 3.5
+
+
+@dataclass
+class StepTiming:
+    """`per_step_ms` and `total_ms` of the timed loop; `weights_bytes` on the device before it and `peak_bytes`
+    (max allocated) during it, None off CUDA; `error` is "OOM" when the device ran out of memory."""
+
+    per_step_ms: float | None = None
+    total_ms: float | None = None
+    weights_bytes: int | None = None
+    peak_bytes: int | None = None
+    error: str | None = None
+
+
+def random_transformer(config: dict, device: torch.device, dtype: torch.dtype, seed: int = 0
+                       ) -> FluxTransformer2DModel:
+    """A FLUX transformer of architecture `config` with random weights, allocated directly on `device` in
+    `dtype` (FLUX.1-dev's 12B in BF16 never exist in fp32). Linear weights ~ N(0, 0.02), norms 1, biases 0:
+    enough for timing, meaningless for images."""
+    model = meta_flux_transformer(config).to(dtype).to_empty(device=device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim > 1:
+                p.normal_(0.0, 0.02, generator=g)
+            elif "norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.zero_()
+    return model.eval()
+
+
+def transformer_inputs(config: dict, settings: StepSettings, device: torch.device, dtype: torch.dtype,
+                       seed: int = 0) -> dict:
+    """Keyword inputs of one `FluxTransformer2DModel` call for `settings` (packed 2x2 latents of an 8x VAE)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    rows, cols = settings.height // 16, settings.width // 16
+    b, length = settings.batch, settings.text_tokens
+    img_ids = torch.zeros(rows, cols, 3, device=device)
+    img_ids[..., 1] = torch.arange(rows, device=device)[:, None]
+    img_ids[..., 2] = torch.arange(cols, device=device)[None, :]
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, device=device).to(dtype)
+
+    inputs = {"hidden_states": randn(b, rows * cols, config["in_channels"]),
+              "encoder_hidden_states": randn(b, length, config["joint_attention_dim"]),
+              "pooled_projections": randn(b, config["pooled_projection_dim"]),
+              "img_ids": img_ids.reshape(-1, 3), "txt_ids": torch.zeros(length, 3, device=device),
+              "return_dict": False}
+    if config.get("guidance_embeds"):
+        inputs["guidance"] = torch.full((b,), settings.guidance, device=device)
+    return inputs
+
+
+def _loop(transformer: torch.nn.Module, inputs: dict, timesteps: torch.Tensor) -> torch.Tensor:
+    latents = inputs["hidden_states"]
+    for i, t in enumerate(timesteps):
+        velocity = transformer(**{**inputs, "hidden_states": latents, "timestep": t.expand(latents.shape[0])})[0]
+        dt = (timesteps[i + 1] if i + 1 < len(timesteps) else 0.0) - t
+        latents = latents + dt * velocity  # the Euler step, so each call depends on the last, as in sampling
+    return latents
+
+
+def time_steps(transformer: torch.nn.Module, inputs: dict, settings: StepSettings) -> StepTiming:
+    """Warm up, then time `settings.steps` calls (CUDA events on a GPU, wall clock elsewhere)."""
+    device = inputs["hidden_states"].device
+    cuda = device.type == "cuda"
+    timesteps = torch.linspace(1.0, 1.0 / settings.steps, settings.steps, device=device)
+    try:
+        with torch.inference_mode():
+            _loop(transformer, inputs, timesteps[: settings.warmup])
+            if not cuda:
+                start = time.perf_counter()
+                _loop(transformer, inputs, timesteps)
+                total = 1e3 * (time.perf_counter() - start)
+                return StepTiming(total / settings.steps, total)
+            torch.cuda.synchronize(device)
+            weights = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            _loop(transformer, inputs, timesteps)
+            end.record()
+            torch.cuda.synchronize(device)
+            total = begin.elapsed_time(end)
+            return StepTiming(total / settings.steps, total, weights, torch.cuda.max_memory_allocated(device))
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return StepTiming(error="OOM")

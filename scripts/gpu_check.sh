@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One prepared GPU session (see docs/performance.md): kernel tests, kernels.bench, experiment=latency.
+#   PART=kernels|latency_eager|latency_compiled|all  bash scripts/gpu_check.sh   (writes under $OUT, default ./gpu_out)
+# Needs diffusers / hydra-core / omegaconf where the GPU image lacks them: wheels in .whl/ are installed first.
+set -u
+OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
+PART=${PART:-all}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv \
+  | tee -a "$OUT/env.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/env.txt"
+if [[ $PART == kernels || $PART == all ]]; then
+  timeout "${T_TESTS:-120}" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -m "gpu or not gpu" \
+    -x 2>&1 | tail -25 | tee "$OUT/gpu_tests.log"
+  timeout "${T_BENCH:-200}" python3 -m kernels.bench --rep-ms "${REP_MS:-60}" --out "$OUT/kernels_bench.csv" \
+    2>&1 | tee "$OUT/bench.log" | tail -80
+fi
+if [[ $PART == latency_eager || $PART == all ]]; then
+  timeout "${T_LAT:-150}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-eager \
+    'latency.variants=[bf16,w2a16,w158a8_int8,w158a8_fp8]' 'latency.compile=[false]' 2>&1 \
+    | grep -E "latency|Error|error" | tee "$OUT/latency_eager.log"
+  cp outputs/latency/flux-dev-cuda/metrics.json "$OUT/latency_eager.json" 2>/dev/null
+fi
+if [[ $PART == latency_compiled || $PART == all ]]; then
+  timeout "${T_LATC:-300}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-compiled \
+    'latency.variants=[bf16,w2a16,w158a8_int8]' 'latency.compile=[true]' "latency.resolutions=${RES:-[1024]}" 2>&1 \
+    | grep -E "latency|Error|error" | tee "$OUT/latency_compiled.log"
+  cp outputs/latency/flux-dev-cuda/metrics.json "$OUT/latency_compiled.json" 2>/dev/null
+fi
