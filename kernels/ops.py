@@ -19,18 +19,20 @@ from kernels.layout import GROUP
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 GEMV_MAX_M = 16
+SWAP_AB_INTERPRETED = False  # the GEMM form run under the interpreter (tests flip it; on CUDA autotuning picks)
 ACT_DTYPES = {1: torch.int8, 2: torch.float8_e4m3fn}
 
-_GEMM_CONFIGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): kernels.md section 3.5 starting points
-    (128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 256, 8, 3),
-    (64, 128, 128, 4, 4), (128, 64, 128, 4, 4), (64, 64, 128, 4, 4),
+_GEMM_CONFIGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, swap A/B): kernels.md section 3.5 starting points
+    (128, 128, 128, 8, 3, False), (128, 256, 128, 8, 3, False), (64, 128, 128, 4, 4, False),
+    (128, 128, 128, 8, 3, True), (128, 256, 128, 8, 3, True), (256, 128, 128, 8, 3, True),
+    (64, 128, 128, 4, 4, True), (128, 128, 256, 8, 3, True),
 ]
 _GEMV_CONFIGS = [(64, 4, 3), (128, 4, 3), (256, 8, 3), (128, 8, 4)]  # (BLOCK_N, warps, stages)
 
 
 def _gemm_tuned():
-    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=w, num_stages=s)
-               for m, n, k, w, s in _GEMM_CONFIGS]
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "SWAP_AB": swap},
+                             num_warps=w, num_stages=s) for m, n, k, w, s, swap in _GEMM_CONFIGS]
     return triton.autotune(configs, key=["M", "N", "K", "A_MODE"])(tk.ternary_gemm_kernel)
 
 
@@ -63,7 +65,7 @@ def _gemm(a, packed, w_scale, a_scale, bias, out, k, act_mode):
     args = (a, packed, w_scale, a_scale, bias if bias is not None else w_scale, out, m, n, k, packed.shape[0],
             a.stride(0), a.stride(1), packed.stride(0), packed.stride(1), out.stride(0), out.stride(1))
     if INTERPRET:
-        meta = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 2 * GROUP, "GROUP_M": 2}
+        meta = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 2 * GROUP, "GROUP_M": 2, "SWAP_AB": SWAP_AB_INTERPRETED}
         grid = (triton.cdiv(m, 32) * triton.cdiv(n, 32),)
         wrap_triton(tk.ternary_gemm_kernel)[grid](*args, **_flags(w_scale, bias, act_mode), **meta)
     else:

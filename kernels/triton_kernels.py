@@ -9,8 +9,8 @@ patterns in `tl.dot` (triton-lang/triton#11584).
 import triton
 import triton.language as tl
 
-GROUP: tl.constexpr = 128  # K per packed group: 32 byte rows, four 32-long K slabs
-SLAB: tl.constexpr = 32
+GROUP = tl.constexpr(128)  # K per packed group: 32 byte rows, four 32-long K slabs
+SLAB = tl.constexpr(32)
 
 
 @triton.jit
@@ -23,6 +23,19 @@ def _slab_dot(acc, a, p, s: tl.constexpr, A_MODE: tl.constexpr, UPCAST: tl.const
         acc = tl.dot(a.to(tl.float32), c.to(tl.float32), acc)
     else:
         acc = tl.dot(a, c.to(tl.float32).to(a.dtype), acc)
+    return acc
+
+
+@triton.jit
+def _slab_dot_swapped(acc, a, p, s: tl.constexpr, A_MODE: tl.constexpr, UPCAST: tl.constexpr):
+    """acc (BN, BM) += codes of slab s of the byte tile p (BN, 32) @ a^T (32, BM)."""
+    c = ((p >> (2 * s)) & 3).to(tl.int8) - 1
+    if A_MODE == 1:
+        acc = tl.dot(c, a, acc, out_dtype=tl.int32)
+    elif UPCAST:
+        acc = tl.dot(c.to(tl.float32), a.to(tl.float32), acc)
+    else:
+        acc = tl.dot(c.to(tl.float32).to(a.dtype), a, acc)
     return acc
 
 
@@ -47,8 +60,11 @@ def ternary_gemm_kernel(a_ptr, p_ptr, w_scale_ptr, a_scale_ptr, bias_ptr, c_ptr,
                         stride_am, stride_ak, stride_pk, stride_pn, stride_cm, stride_cn,
                         A_MODE: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
                         UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """C (M, N) = A (M, K) @ ternary (K, N), fused unpack and epilogue; BLOCK_K is a multiple of 128."""
+                        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SWAP_AB: tl.constexpr = False):
+    """C (M, N) = A (M, K) @ ternary (K, N), fused unpack and epilogue; BLOCK_K is a multiple of 128.
+
+    SWAP_AB computes C^T = W @ A^T instead: the codes unpacked in registers become the left operand, which Hopper's
+    wgmma can take from registers, while the activations stay the shared-memory operand (kernels.md section 1.2)."""
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -63,23 +79,37 @@ def ternary_gemm_kernel(a_ptr, p_ptr, w_scale_ptr, a_scale_ptr, bias_ptr, c_ptr,
     offs_j = tl.arange(0, SLAB)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    if A_MODE == 1:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    acc_type = tl.int32 if A_MODE == 1 else tl.float32
+    if SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=acc_type)
     else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_type)
     for k0 in range(0, K, BLOCK_K):
         for g in tl.static_range(BLOCK_K // GROUP):
             kg = k0 + g * GROUP
             rows = kg // 4 + offs_j
-            p = tl.load(p_ptr + rows[:, None] * stride_pk + offs_n[None, :] * stride_pn,
-                        mask=(rows[:, None] < P_ROWS) & mask_n[None, :], other=0)
+            if SWAP_AB:
+                p = tl.load(p_ptr + offs_n[:, None] * stride_pn + rows[None, :] * stride_pk,
+                            mask=mask_n[:, None] & (rows[None, :] < P_ROWS), other=0)  # (BN, 32)
+            else:
+                p = tl.load(p_ptr + rows[:, None] * stride_pk + offs_n[None, :] * stride_pn,
+                            mask=(rows[:, None] < P_ROWS) & mask_n[None, :], other=0)  # (32, BN)
             for s in tl.static_range(4):
                 offs_k = kg + s * SLAB + offs_j
-                a = tl.load(a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak,
-                            mask=mask_m[:, None] & (offs_k[None, :] < K), other=0)
+                if SWAP_AB:
+                    a = tl.load(a_ptr + offs_k[:, None] * stride_ak + offs_m[None, :] * stride_am,
+                                mask=(offs_k[:, None] < K) & mask_m[None, :], other=0)  # (32, BM)
+                else:
+                    a = tl.load(a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                                mask=mask_m[:, None] & (offs_k[None, :] < K), other=0)  # (BM, 32)
                 if A_MODE == 2:
                     a = a.to(tl.float8e4nv, bitcast=True)
-                acc = _slab_dot(acc, a, p, s, A_MODE, UPCAST)
+                if SWAP_AB:
+                    acc = _slab_dot_swapped(acc, a, p, s, A_MODE, UPCAST)
+                else:
+                    acc = _slab_dot(acc, a, p, s, A_MODE, UPCAST)
+    if SWAP_AB:
+        acc = tl.trans(acc)
     y = _epilogue(acc, offs_m, offs_n, mask_m, mask_n, w_scale_ptr, a_scale_ptr, bias_ptr, A_MODE, PER_CHANNEL,
                   HAS_BIAS)
     tl.store(c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn, y.to(c_ptr.dtype.element_ty),
