@@ -1,0 +1,63 @@
+"""`experiment=latency` on a CPU (the tiny-model smoke test), its timing helpers, and the kernel-bench baselines."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from experiments import benchmark
+from flux158.latency import StepSettings, random_transformer, time_steps, transformer_inputs
+from kernels.bench.methods import METHODS, Problem, build
+
+TINY = {"patch_size": 1, "in_channels": 16, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
+        "num_attention_heads": 2, "joint_attention_dim": 32, "pooled_projection_dim": 32, "guidance_embeds": True,
+        "axes_dims_rope": (4, 6, 6)}
+
+
+def test_random_transformer_and_inputs_run_a_timed_loop():
+    model = random_transformer(TINY, torch.device("cpu"), torch.float32)
+    assert all(not p.is_meta for p in model.parameters())
+    settings = StepSettings(height=64, width=32, steps=3, warmup=1, text_tokens=7)
+    inputs = transformer_inputs(TINY, settings, torch.device("cpu"), torch.float32)
+    assert inputs["hidden_states"].shape == (1, (64 // 16) * (32 // 16), 16)
+    assert inputs["img_ids"][-1].tolist() == [0.0, 3.0, 1.0]  # last token: row 3, column 1
+    timing = time_steps(model, inputs, settings)
+    assert timing.error is None and timing.per_step_ms > 0
+    assert abs(timing.total_ms - 3 * timing.per_step_ms) < 1e-6 and timing.peak_bytes is None  # no CUDA stats
+
+
+def test_speedups_prefer_compiled_bf16_at_the_same_resolution():
+    rows = [{"variant": "bf16", "compiled": False, "resolution": 512, "per_step_ms": 40.0, "peak_gib": 20.0},
+            {"variant": "bf16", "compiled": True, "resolution": 512, "per_step_ms": 30.0, "peak_gib": 20.0},
+            {"variant": "w158a8_int8", "compiled": True, "resolution": 512, "per_step_ms": 20.0, "peak_gib": 4.0},
+            {"variant": "w2a16", "compiled": False, "resolution": 1024, "per_step_ms": 50.0, "peak_gib": None},
+            {"variant": "w2a16", "compiled": False, "resolution": 512, "per_step_ms": None, "peak_gib": None,
+             "error": "OOM"}]
+    benchmark._speedups(rows)
+    assert rows[2]["speedup_vs_bf16_compiled"] == 1.5 and rows[2]["memory_ratio_vs_bf16"] == 5.0
+    assert "speedup_vs_bf16_compiled" not in rows[3]  # no BF16 at 1024: nothing to compare with
+    assert "speedup_vs_bf16_compiled" not in rows[4]  # OOM stays OOM
+
+
+def test_latency_smoke_run_on_cpu(compose, tmp_path):
+    cfg = compose("experiment=latency", "model=tiny", "logger=none", "latency.steps=2", "latency.warmup=1",
+                  "latency.resolutions=[32]", "latency.text_tokens=8")
+    out = benchmark.run(cfg)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["smoke"] is True and metrics["settings"]["device"] == "cpu"
+    rows = metrics["metrics"]["rows"]
+    assert [r["variant"] for r in rows] == ["bf16", "w2a16", "w158a8_int8"]  # compiled runs are GPU-only
+    assert all(r["per_step_ms"] > 0 and not r["compiled"] for r in rows)
+
+
+def test_bench_baselines_compute_the_reference():
+    for m in (4, 40):  # the GEMV and the GEMM; _int_mm needs M > 16
+        problem = Problem.random(m, 256, 48, rotate=2, device="cpu")
+        for name, method in METHODS.items():
+            if name == "bf16" or (name == "unpack_int8" and m <= 16):
+                continue
+            out = build(name, problem)()
+            ref = problem.reference(method.act)
+            # bf16 outputs; the fp8 cells also absorb the interpreter's fp8 rounding at binade edges
+            assert ((out.float() - ref).norm() / ref.norm()) < (2e-2 if "fp8" in name else 5e-3), name
