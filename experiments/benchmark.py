@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from flux158.errors import Flux158Error
 from flux158.latency import StepSettings, random_transformer, time_steps, transformer_inputs
 from flux158.models import HubFluxSpec, parse_dtype
 from flux158.models.hub import FLUX1_DEV_TRANSFORMER_CONFIG
+from flux158.modulation import batched_modulation
 from flux158.quant import TernaryConfig, quantize_, set_activations
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,12 @@ def run(cfg: DictConfig) -> Path:
                 model.compile_repeated_blocks(fullgraph=lat.fullgraph)
             for resolution in lat.resolutions:
                 settings = StepSettings(resolution, resolution, lat.steps, lat.warmup, 1, lat.text_tokens)
-                timing = time_steps(model, transformer_inputs(arch, settings, device, dtype), settings)
+                inputs = transformer_inputs(arch, settings, device, dtype)
+                with ExitStack() as stack:
+                    if lat.batched_modulation:  # all steps' modulation vectors in one pass per layer
+                        stack.enter_context(batched_modulation(model, settings.timesteps(device),
+                                                               inputs["pooled_projections"], inputs.get("guidance")))
+                    timing = time_steps(model, inputs, settings)
                 row = {"variant": variant, "compiled": compiled, "resolution": resolution,
                        "per_step_ms": timing.per_step_ms, "total_ms": timing.total_ms,
                        "weights_gib": _gib(timing.weights_bytes), "peak_gib": _gib(timing.peak_bytes),

@@ -24,6 +24,10 @@ class StepSettings:
     text_tokens: int = 512
     guidance: float = 3.5
 
+    def timesteps(self, device: torch.device) -> torch.Tensor:
+        """The `steps` timestep values of the loop (uniform in (0, 1], as the transformer receives them)."""
+        return torch.linspace(1.0, 1.0 / self.steps, self.steps, device=device)
+
 
 @dataclass
 class StepTiming:
@@ -91,7 +95,7 @@ def time_steps(transformer: torch.nn.Module, inputs: dict, settings: StepSetting
     """Warm up, then time `settings.steps` calls (CUDA events on a GPU, wall clock elsewhere)."""
     device = inputs["hidden_states"].device
     cuda = device.type == "cuda"
-    timesteps = torch.linspace(1.0, 1.0 / settings.steps, settings.steps, device=device)
+    timesteps = settings.timesteps(device)
     try:
         with torch.inference_mode():
             _loop(transformer, inputs, timesteps[: settings.warmup])

@@ -42,6 +42,7 @@ def test_speedups_prefer_compiled_bf16_at_the_same_resolution():
 
 def test_latency_smoke_run_on_cpu(compose, tmp_path):
     cfg = compose("experiment=latency", "model=tiny", "logger=none", "latency.steps=2", "latency.warmup=1",
+                  "latency.batched_modulation=true",
                   "latency.resolutions=[32]", "latency.text_tokens=8")
     out = benchmark.run(cfg)
     metrics = json.loads((out / "metrics.json").read_text())

@@ -1,0 +1,54 @@
+"""Batched modulation equals the per-step modulation, refuses what it did not precompute, and restores the model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import FluxTransformer2DModel
+from torch import nn
+
+from flux158.modulation import batched_modulation
+from flux158.quant import TernaryConfig, quantize_
+
+
+def _model() -> FluxTransformer2DModel:
+    torch.manual_seed(0)
+    return FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2,
+                                  attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                  pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6)).eval()
+
+
+def _inputs(batch: int = 2) -> dict:
+    g = torch.Generator().manual_seed(1)
+    return {"hidden_states": torch.randn(batch, 16, 16, generator=g),
+            "encoder_hidden_states": torch.randn(batch, 5, 32, generator=g),
+            "pooled_projections": torch.randn(batch, 32, generator=g), "guidance": torch.full((batch,), 3.5),
+            "img_ids": torch.zeros(16, 3), "txt_ids": torch.zeros(5, 3), "return_dict": False}
+
+
+@pytest.mark.parametrize("ternary", [False, True])
+def test_same_outputs_as_per_step_modulation(ternary):
+    model, inputs = _model(), _inputs()
+    if ternary:
+        quantize_(model, TernaryConfig("l2_optimal", "channel"))
+    timesteps = torch.tensor([1.0, 0.75, 0.3])
+    with torch.no_grad():
+        plain = [model(**inputs, timestep=t.expand(2))[0] for t in timesteps]
+        linears = [m for m in model.modules() if isinstance(m, (nn.Linear,)) or type(m).__name__ == "TernaryLinear"]
+        with batched_modulation(model, timesteps, inputs["pooled_projections"], inputs["guidance"]) as replaced:
+            assert replaced == 2 * 2 + 2 + 1  # norm1 and norm1_context per double block, norm per single, norm_out
+            batched = [model(**inputs, timestep=t.expand(2))[0] for t in timesteps.flip(0)][::-1]  # any order
+    for a, b in zip(plain, batched, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    after = [m for m in model.modules() if isinstance(m, (nn.Linear,)) or type(m).__name__ == "TernaryLinear"]
+    assert after == linears  # the original modulation linears are back
+
+
+def test_unknown_timestep_or_prompt_is_an_error():
+    model, inputs = _model(), _inputs()
+    with torch.no_grad(), batched_modulation(model, torch.tensor([1.0, 0.5]), inputs["pooled_projections"],
+                                             inputs["guidance"]):
+        with pytest.raises(ValueError, match="not precomputed"):
+            model(**inputs, timestep=torch.tensor([0.7, 0.7]))
+        with pytest.raises(ValueError, match="not precomputed"):
+            model(**{**inputs, "pooled_projections": inputs["pooled_projections"] + 1}, timestep=torch.ones(2))
