@@ -14,6 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
+from diffusers import FluxPipeline
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import provenance, resolve, tracking
@@ -34,6 +35,12 @@ def _architecture(cfg: DictConfig) -> dict:
     if isinstance(resolve.model_spec(cfg), HubFluxSpec):
         return {**FLUX1_DEV_TRANSFORMER_CONFIG, "guidance_embeds": cfg.model.get("guidance_embeds", True)}
     return dict(resolve.pipeline(resolve.full_precision(cfg), torch.device("cpu")).transformer.config)
+
+
+def _transformer(cfg: DictConfig, arch: dict, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    if cfg.latency.weights == "pretrained":
+        return resolve.pipeline(resolve.full_precision(cfg), torch.device("cpu")).transformer.to(device, dtype)
+    return random_transformer(arch, device, dtype, seed=cfg.seed)
 
 
 def _convert(model: torch.nn.Module, variant: str, method: str, quantized: bool) -> bool:
@@ -59,6 +66,8 @@ def run(cfg: DictConfig) -> Path:
     smoke = device.type == "cpu"
     if smoke and isinstance(resolve.model_spec(cfg), HubFluxSpec):
         raise Flux158Error("experiment=latency on a CPU runs the tiny-model smoke test only: add model=tiny")
+    if lat.weights not in ("random", "pretrained"):
+        raise Flux158Error(f"latency.weights must be random or pretrained, got {lat.weights!r}")
     unknown = [v for v in lat.variants if v not in VARIANTS]
     if unknown:
         raise Flux158Error(f"unknown latency variant(s) {unknown}; choose from {list(VARIANTS)}")
@@ -70,14 +79,14 @@ def run(cfg: DictConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     metrics = {"model": cfg.model.name, "quant": "latency", "benchmark": "latency", **provenance.environment(),
-               "triton": _triton_version(), "smoke": smoke, "weights": "random",
+               "triton": _triton_version(), "smoke": smoke, "weights": lat.weights,
                "settings": {**OmegaConf.to_container(lat, resolve=True), "device": str(device)},
                "metrics": {"rows": rows}}
     for compiled in lat.compile:
         if compiled and smoke:
             log.info("latency: torch.compile is timed on GPUs only; skipping on CPU")
             continue
-        model, quantized = random_transformer(arch, device, dtype, seed=cfg.seed), False
+        model, quantized = _transformer(cfg, arch, device, dtype), False
         for variant in lat.variants:
             quantized = _convert(model, variant, lat.method, quantized)
             gc.collect()
@@ -105,6 +114,8 @@ def run(cfg: DictConfig) -> Path:
         del model
         gc.collect()
     _speedups(rows)
+    if lat.pipeline_memory:
+        metrics["metrics"]["pipeline"] = _pipeline_memory(cfg, device)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     with tracking.track(cfg, "latency") as tracker:
         tracker.table("latency", COLUMNS + ["speedup_vs_bf16_compiled", "memory_ratio_vs_bf16"],
@@ -113,6 +124,40 @@ def run(cfg: DictConfig) -> Path:
         tracker.artifact(out / "metrics.json", f"latency-{cfg.model.name}-{device.type}", "results")
     log.info("latency: wrote %s (%s%s)", out / "metrics.json", metrics["gpu"], ", CPU smoke test" if smoke else "")
     return out
+
+
+def _pipeline_memory(cfg: DictConfig, device: torch.device) -> list[dict]:
+    """Peak memory of one whole-pipeline generation (text encoders, transformer, VAE all on `device`; the
+    diffusers-torchao convention) per variant at the first resolution. Needs the model's real weights."""
+    lat = cfg.latency
+    if isinstance(resolve.model_spec(cfg), HubFluxSpec) and lat.weights == "random":
+        log.info("latency: whole-pipeline memory needs the real weights (latency.weights=pretrained); skipped")
+        return []
+    pipe = resolve.pipeline(resolve.full_precision(cfg), device)
+    if not isinstance(pipe, FluxPipeline):
+        log.info("latency: whole-pipeline memory is measured for FluxPipeline models only; skipped")
+        return []
+    results, quantized = [], False
+    for variant in lat.variants:
+        quantized = _convert(pipe.transformer, variant, lat.method, quantized)
+        gc.collect()
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        resolution = lat.resolutions[0]
+        try:
+            pipe(lat.prompt, height=resolution, width=resolution, num_inference_steps=lat.steps,
+                 guidance_scale=cfg.sampler.guidance_scale, max_sequence_length=cfg.sampler.max_sequence_length,
+                 generator=torch.Generator().manual_seed(cfg.seed))
+            peak = _gib(torch.cuda.max_memory_allocated(device)) if cuda else None
+            results.append({"variant": variant, "resolution": resolution, "pipeline_peak_gib": peak, "error": None})
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            results.append({"variant": variant, "resolution": resolution, "pipeline_peak_gib": None, "error": "OOM"})
+        log.info("latency: whole pipeline %s %dpx: peak %s GiB", variant, resolution, results[-1]["pipeline_peak_gib"]
+                 if results[-1]["error"] is None else "OOM")
+    return results
 
 
 def _speedups(rows: list[dict]) -> None:

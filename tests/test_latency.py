@@ -42,7 +42,7 @@ def test_speedups_prefer_compiled_bf16_at_the_same_resolution():
 
 def test_latency_smoke_run_on_cpu(compose, tmp_path):
     cfg = compose("experiment=latency", "model=tiny", "logger=none", "latency.steps=2", "latency.warmup=1",
-                  "latency.batched_modulation=true",
+                  "latency.batched_modulation=true", "latency.pipeline_memory=true",
                   "latency.resolutions=[32]", "latency.text_tokens=8")
     out = benchmark.run(cfg)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -50,6 +50,9 @@ def test_latency_smoke_run_on_cpu(compose, tmp_path):
     rows = metrics["metrics"]["rows"]
     assert [r["variant"] for r in rows] == ["bf16", "w2a16", "w158a8_int8"]  # compiled runs are GPU-only
     assert all(r["per_step_ms"] > 0 and not r["compiled"] for r in rows)
+    pipeline = metrics["metrics"]["pipeline"]  # the whole tiny pipeline ran once per variant (no CUDA: no peak)
+    assert [p["variant"] for p in pipeline] == ["bf16", "w2a16", "w158a8_int8"]
+    assert all(p["error"] is None and p["pipeline_peak_gib"] is None for p in pipeline)
 
 
 def test_bench_baselines_compute_the_reference():
