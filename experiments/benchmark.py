@@ -24,10 +24,13 @@ from flux158.latency import StepSettings, random_transformer, time_steps, transf
 from flux158.models import HubFluxSpec, parse_dtype
 from flux158.models.hub import FLUX1_DEV_TRANSFORMER_CONFIG
 from flux158.modulation import batched_modulation
-from flux158.quant import TernaryConfig, quantize_, set_activations
+from flux158.quant import TernaryConfig, TernaryLinear, quantize_, set_activations
 
 log = logging.getLogger(__name__)
-VARIANTS = {"bf16": None, "w2a16": (16, "int8"), "w158a8_int8": (8, "int8"), "w158a8_fp8": (8, "fp8")}
+# variant -> (activation bits, 8-bit format, `kernels.ternary_linear` backend); None is the BF16 model
+VARIANTS = {"bf16": None, "w2a16": (16, "int8", "auto"), "w158a8_int8": (8, "int8", "auto"),
+            "w158a8_fp8": (8, "fp8", "auto"), "w2a16_unpack": (16, "int8", "unpack"),
+            "w158a8_int8_unpack": (8, "int8", "unpack"), "w158a8_fp8_unpack": (8, "fp8", "unpack")}
 COLUMNS = ["variant", "compiled", "resolution", "per_step_ms", "total_ms", "weights_gib", "peak_gib", "error"]
 
 
@@ -52,7 +55,12 @@ def _convert(model: torch.nn.Module, variant: str, method: str, quantized: bool)
         return False
     if not quantized:
         quantize_(model, TernaryConfig(method, "channel"))
-    set_activations(model, *bits)
+    act_bits, act_format, backend = bits
+    set_activations(model, act_bits, act_format)
+    on_gpu = next(model.parameters()).is_cuda
+    for module in model.modules():
+        if isinstance(module, TernaryLinear):
+            module.backend = backend if on_gpu else "auto"  # the CPU smoke test runs the reference
     return True
 
 

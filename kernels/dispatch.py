@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Literal, Optional
 
 import torch
@@ -10,7 +11,7 @@ import torch
 from kernels.reference import check_act_format, ternary_linear_ref
 
 ActFormat = Optional[Literal["int8", "fp8"]]
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "unpack", "reference")
 _ACT_MODES = {None: 0, "int8": 1, "fp8": 2}
 _MIN_CAPABILITY = {None: (8, 0), "int8": (8, 0), "fp8": (8, 9)}  # int8 MMA: Ampere; fp8 e4m3 MMA: Ada / Hopper
 
@@ -41,7 +42,10 @@ def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, b
         bias: (out_features,) or None.
         act: None keeps 16-bit activations (W2A16); `int8` / `fp8` quantizes them per token (W1.58A8).
         backend: `auto` (Triton when `kernel_available` and no gradient is needed, else the reference),
-            `triton` (also on CPU under TRITON_INTERPRET=1) or `reference`.
+            `triton` (the fused kernels; also on CPU under TRITON_INTERPRET=1), `unpack` (this layer unpacked to a
+            temporary dense weight, then cuBLAS / `_int_mm` / `_scaled_mm`; the fused kernels where those refuse
+            the shape) or `reference`. `unpack` with 16-bit activations folds the scale into BF16 weights, so it
+            rounds each channel's scale once.
     """
     check_act_format(act)
     if backend not in BACKENDS:
@@ -52,9 +56,15 @@ def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, b
         backend = "triton" if kernel_available(x, act) and not needs_grad else "reference"
     if backend == "reference":
         return ternary_linear_ref(x, packed, scale, bias, in_features, act)
-    from kernels import ops  # noqa: F401  (imports triton and registers torch.ops.flux158)
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"backend {backend!r} runs Triton kernels: it needs a CUDA tensor (or TRITON_INTERPRET=1 "
+                         f"for CPU tests); got a {x.device.type} tensor. Use backend='auto' or 'reference'.")
+    from kernels import ops  # imports triton and registers torch.ops.flux158
 
     x2 = x.reshape(-1, in_features).contiguous()
-    y = torch.ops.flux158.ternary_mm(x2, packed, scale.reshape(-1).float().contiguous(), bias, in_features,
-                                     _ACT_MODES[act])
+    mode, n = _ACT_MODES[act], packed.shape[1]
+    op = torch.ops.flux158.ternary_mm
+    if backend == "unpack" and ops.unpacked_supported(x2.shape[0], in_features, n, mode):
+        op = torch.ops.flux158.ternary_mm_unpacked
+    y = op(x2, packed, scale.reshape(-1).float().contiguous(), bias, in_features, mode)
     return y.reshape(*x.shape[:-1], packed.shape[1])

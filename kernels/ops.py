@@ -118,12 +118,51 @@ def ternary_mm(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor, bia
     return out
 
 
-def unpack_codes(packed: torch.Tensor, in_features: int, dtype: torch.dtype,
-                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Dense (N, K) codes in `dtype` (int8, bf16, fp16 or fp8), written into `out` (a reused scratch) if given."""
+def _unpack(packed: torch.Tensor, w_scale: torch.Tensor, in_features: int, dtype: torch.dtype, scaled: bool,
+            out: Optional[torch.Tensor] = None) -> torch.Tensor:
     n = packed.shape[1]
     w = out if out is not None else torch.empty((n, in_features), dtype=dtype, device=packed.device)
     grid = (triton.cdiv(in_features, GROUP), triton.cdiv(n, 128))
-    tk.unpack_kernel[grid](packed, w, n, in_features, packed.shape[0], packed.stride(0), packed.stride(1),
-                           w.stride(0), w.stride(1), BLOCK_N=128)
+    wrap_triton(tk.unpack_kernel)[grid](packed, w_scale, w, n, in_features, packed.shape[0], packed.stride(0),
+                                        packed.stride(1), w.stride(0), w.stride(1), SCALED=scaled,
+                                        PER_CHANNEL=w_scale.numel() > 1, BLOCK_N=128)
     return w
+
+
+def unpack_codes(packed: torch.Tensor, in_features: int, dtype: torch.dtype,
+                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Dense (N, K) codes in `dtype` (int8, bf16, fp16 or fp8), written into `out` (a reused scratch) if given."""
+    return _unpack(packed, packed.new_ones(1, dtype=torch.float32), in_features, dtype, False, out)
+
+
+def unpacked_supported(m: int, k: int, n: int, act_mode: int) -> bool:
+    """Whether `ternary_mm_unpacked` can serve this shape (library GEMM constraints)."""
+    if act_mode == 1:
+        return m > 16 and k % 8 == 0 and n % 8 == 0  # torch._int_mm
+    if act_mode == 2:
+        return k % 16 == 0 and n % 16 == 0  # torch._scaled_mm
+    return True
+
+
+@triton_op("flux158::ternary_mm_unpacked", mutates_args=())
+def ternary_mm_unpacked(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor, bias: Optional[torch.Tensor],
+                        in_features: int, act_mode: int) -> torch.Tensor:
+    """The same product as `ternary_mm` by the layer-wise unpack baseline: this layer's weight is unpacked into a
+    temporary dense tensor (freed after the call, so the allocator reuses it for the next layer), then a library GEMM
+    runs: cuBLAS with the scale folded into BF16 weights (act_mode 0), `torch._int_mm` (1) or `torch._scaled_mm`
+    with row-wise scales (2). Shapes must pass `unpacked_supported`."""
+    if act_mode == 0:
+        w = _unpack(packed, w_scale, in_features, x.dtype, True)
+        return torch.nn.functional.linear(x, w, bias.to(x.dtype) if bias is not None else None)
+    q, a_scale = quantize_rows(x, act_mode)
+    n = packed.shape[1]
+    w_rows = w_scale.expand(n) if w_scale.numel() == 1 else w_scale
+    if act_mode == 1:
+        acc = torch._int_mm(q, _unpack(packed, w_scale, in_features, torch.int8, False).t())
+        y = acc.float() * a_scale[:, None] * w_rows[None, :]
+        return (y + bias.float() if bias is not None else y).to(x.dtype)
+    w = _unpack(packed, w_scale, in_features, torch.float8_e4m3fn, False)
+    out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+    y = torch._scaled_mm(q, w.t(), scale_a=a_scale[:, None], scale_b=w_rows[None, :].contiguous(),
+                         bias=bias.to(out_dtype) if bias is not None else None, out_dtype=out_dtype)
+    return y.to(x.dtype)

@@ -195,8 +195,10 @@ def quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, A_MODE: t
 
 
 @triton.jit
-def unpack_kernel(p_ptr, w_ptr, N, K, P_ROWS, stride_pk, stride_pn, stride_wn, stride_wk, BLOCK_N: tl.constexpr):
-    """Unpack one 128-group x BLOCK_N tile of codes into a dense (N, K) int8/bf16/fp8 scratch weight."""
+def unpack_kernel(p_ptr, w_scale_ptr, w_ptr, N, K, P_ROWS, stride_pk, stride_pn, stride_wn, stride_wk,
+                  SCALED: tl.constexpr, PER_CHANNEL: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Unpack one 128-group x BLOCK_N tile into a dense (N, K) weight: the codes in int8/bf16/fp8, or with SCALED
+    the 16-bit weights scale[n] * code (the scale rounded once to the output dtype)."""
     pid_g = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_j = tl.arange(0, SLAB)
@@ -205,8 +207,15 @@ def unpack_kernel(p_ptr, w_ptr, N, K, P_ROWS, stride_pk, stride_pn, stride_wn, s
     rows = pid_g * SLAB + offs_j
     p = tl.load(p_ptr + rows[:, None] * stride_pk + offs_n[None, :] * stride_pn,
                 mask=(rows[:, None] < P_ROWS) & mask_n[None, :], other=0)
+    if SCALED:
+        if PER_CHANNEL:
+            scale = tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+        else:
+            scale = tl.load(w_scale_ptr)
     for s in tl.static_range(4):
-        c = ((p >> (2 * s)) & 3).to(tl.int8) - 1
+        c = (((p >> (2 * s)) & 3).to(tl.int8) - 1).to(tl.float32)
+        if SCALED:
+            c = c * scale
         offs_k = pid_g * GROUP + s * SLAB + offs_j
-        tl.store(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk,
-                 c.to(tl.float32).to(w_ptr.dtype.element_ty), mask=(offs_k[:, None] < K) & mask_n[None, :])
+        tl.store(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk, c.to(w_ptr.dtype.element_ty),
+                 mask=(offs_k[:, None] < K) & mask_n[None, :])

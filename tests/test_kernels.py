@@ -140,6 +140,27 @@ def test_w158a8_fp8_matches_exact_products(m):
     assert ((y.double() - expected).abs() <= 2 * _ulp(y)).all()
 
 
+@pytest.mark.parametrize("m", [4, 40])
+def test_unpack_backend_matches_the_reference(m):
+    x, codes, scale, bias = _problem(m, 256, 48, True, True, torch.bfloat16)
+    packed = pack_ternary(codes)
+    # 16-bit: the scale is folded into BF16 weights (one rounding of each channel's scale, <= 2^-8 relative)
+    y = ternary_linear(x, packed, scale, bias, 256, backend="unpack")
+    assert ((y.double() - _oracle(x, codes, scale, bias)).abs() <= 0.01 * _oracle(x, codes, scale, None).abs()
+            + 2 * _ulp(y)).all()
+    # int8: exact accumulation and the reference's epilogue (M <= 16 falls back to the fused GEMV)
+    y = ternary_linear(x, packed, scale, bias, 256, act="int8", backend="unpack")
+    assert ((y.double() - ternary_linear(x, packed, scale, bias, 256, act="int8", backend="reference").double()
+             ).abs() <= _ulp(y)).all()
+    # fp8 on activations that need no rounding: only the bf16 output rounds
+    grid = torch.tensor([0.0, 0.25, 1.0, 1.5, 12.0, 96.0, 448.0])
+    x8 = grid[torch.randint(0, len(grid), (m, 256), generator=torch.Generator().manual_seed(2))]
+    x8[:, 1] = 448.0
+    x8 = x8.to(DEVICE, torch.bfloat16)
+    y = ternary_linear(x8, packed, scale, bias, 256, act="fp8", backend="unpack")
+    assert ((y.double() - _oracle(x8, codes, scale, bias)).abs() <= 2 * _ulp(y)).all()
+
+
 def test_3d_input_and_bias_dtype_follow_x():
     x, codes, scale, bias = _problem(6, 130, 20, True, True, torch.float16)
     x3 = x.reshape(2, 3, 130)
@@ -170,6 +191,15 @@ def test_bad_arguments_are_clear_errors():
         ternary_linear(x, pack_ternary(codes), scale, bias, 64, act="int4")
     with pytest.raises(ValueError, match="backend"):
         ternary_linear(x, pack_ternary(codes), scale, bias, 64, backend="cuda")
+
+
+@pytest.mark.skipif(CUDA, reason="checks CPU tensors")
+def test_kernel_backends_on_cpu_need_the_interpreter(monkeypatch):
+    x, codes, scale, bias = _problem(2, 64, 8, True, False, torch.float32)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    for backend in ("triton", "unpack"):
+        with pytest.raises(ValueError, match="needs a CUDA tensor"):
+            ternary_linear(x, pack_ternary(codes), scale, bias, 64, act="int8", backend=backend)
 
 
 def test_ternary_linear_module_same_with_and_without_kernel():

@@ -76,32 +76,12 @@ def build(name: str, p: Problem) -> Callable[[], torch.Tensor]:
     if name == "bf16":
         weights = [torch.randn(n, k, device=x.device, dtype=torch.bfloat16) * 0.02 for _ in range(rotate)]
         return _rotating(rotate, lambda i: F.linear(x, weights[i], bias))
-    if name in ("w2a16", "w158a8_int8", "w158a8_fp8"):
-        act = {"w2a16": None, "w158a8_int8": "int8", "w158a8_fp8": "fp8"}[name]
-        return _rotating(rotate, lambda i: ternary_linear(x, p.packed[i], scale, bias, k, act, backend="triton"))
-    if name == "unpack_bf16":  # one layer unpacked into a reused scratch, then cuBLAS
-        scratch = torch.empty(n, k, device=x.device, dtype=torch.bfloat16)
-        return _rotating(rotate, lambda i: torch.addcmul(
-            bias, F.linear(x, ops.unpack_codes(p.packed[i], k, torch.bfloat16, scratch)), scale.to(x.dtype)))
-    if name == "unpack_int8":
-        if x.shape[0] <= 16:
-            raise ValueError("torch._int_mm needs M > 16")
-        scratch = torch.empty(n, k, device=x.device, dtype=torch.int8)
-
-        def int8(i: int) -> torch.Tensor:
-            q, s = ops.quantize_rows(x, 1)
-            acc = torch._int_mm(q, ops.unpack_codes(p.packed[i], k, torch.int8, scratch).t())
-            return (acc.float() * s[:, None] * scale + bias.float()).to(x.dtype)
-
-        return _rotating(rotate, int8)
-    if name == "unpack_fp8":
-        scratch = torch.empty(n, k, device=x.device, dtype=torch.float8_e4m3fn)
-
-        def fp8(i: int) -> torch.Tensor:
-            q, s = ops.quantize_rows(x, 2)
-            w = ops.unpack_codes(p.packed[i], k, torch.float8_e4m3fn, scratch)
-            return torch._scaled_mm(q, w.t(), scale_a=s[:, None], scale_b=scale[None, :], bias=bias,
-                                    out_dtype=x.dtype)
-
-        return _rotating(rotate, fp8)
+    fused = {"w2a16": None, "w158a8_int8": "int8", "w158a8_fp8": "fp8"}
+    unpacked = {"unpack_bf16": None, "unpack_int8": "int8", "unpack_fp8": "fp8"}
+    if name in fused:
+        return _rotating(rotate, lambda i: ternary_linear(x, p.packed[i], scale, bias, k, fused[name], "triton"))
+    if name in unpacked:  # the layer-wise unpack baseline (`ternary_mm_unpacked`)
+        if not ops.unpacked_supported(x.shape[0], k, n, {None: 0, "int8": 1, "fp8": 2}[unpacked[name]]):
+            raise ValueError(f"{name} cannot run M={x.shape[0]}, K={k}, N={n} (e.g. torch._int_mm needs M > 16)")
+        return _rotating(rotate, lambda i: ternary_linear(x, p.packed[i], scale, bias, k, unpacked[name], "unpack"))
     raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
