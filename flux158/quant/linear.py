@@ -43,7 +43,7 @@ class TernaryLinear(nn.Module):
         r = config.lowrank_rank
         self.register_buffer("lowrank_a", torch.empty(out_features, r, dtype=dtype, device=device) if r else None)
         self.register_buffer("lowrank_b", torch.empty(r, in_features, dtype=dtype, device=device) if r else None)
-        self.backend = "auto"  # `kernels.ternary_linear` backend: auto, triton or reference
+        self.backend = "auto"  # `kernels.ternary_linear` backend: auto, triton, unpack or reference
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, config: TernaryConfig,
