@@ -11,7 +11,11 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from eval.fidelity import image_fidelity
+from eval.geneval.build import build_scorer
+from eval.geneval.detector import DetectorUnavailableError
+from eval.geneval.folder import IncompleteFolderError
 from eval.geneval.rules import summarize
+from eval.geneval.weights import WeightsUnavailableError
 from eval.toyworld.detector import ToyDetector
 from eval.toyworld.scoring import score_folder
 from experiments import generate, provenance, resolve, tracking
@@ -22,7 +26,8 @@ from flux158.toyworld.scenes import BACKGROUND, PALETTE
 log = logging.getLogger(__name__)
 
 DETERMINING_KEYS = [*generate.DETERMINING_KEYS, "benchmark.evaluator", "benchmark.threshold",
-                    "benchmark.counting_threshold"]
+                    "benchmark.counting_threshold", "benchmark.detector", "benchmark.detector_checkpoint",
+                    "benchmark.clip_model", "benchmark.clip_pretrained", "benchmark.evaluator_weights"]
 
 
 def _score(cfg: DictConfig, images: Path) -> list[dict]:
@@ -30,6 +35,20 @@ def _score(cfg: DictConfig, images: Path) -> list[dict]:
     if evaluator == "toyworld":
         detector = ToyDetector(PALETTE, BACKGROUND)
         return score_folder(detector, images, cfg.benchmark.threshold, cfg.benchmark.counting_threshold)
+    if evaluator == "geneval":
+        bench = cfg.benchmark
+        _, _, device = resolve.process()
+        log.info("evaluate: GenEval with the %s detector (%s weights) and open_clip %s/%s on %s", bench.detector,
+                 bench.evaluator_weights, bench.clip_model, bench.clip_pretrained, device)
+        try:
+            scorer = build_scorer(bench.detector, bench.evaluator_weights, str(device),
+                                  Path(bench.detector_checkpoint) if bench.get("detector_checkpoint") else None,
+                                  bench.clip_model, bench.clip_pretrained, Path(cfg.paths.cache_dir) / "eval")
+            scorer.threshold, scorer.counting_threshold = bench.threshold, bench.counting_threshold
+            return scorer.score_folder(images, [item.index for item in resolve.prompts(cfg)],
+                                       bench.samples_per_prompt)
+        except (DetectorUnavailableError, WeightsUnavailableError, IncompleteFolderError) as e:
+            raise Flux158Error(str(e)) from None
     raise Flux158Error(f"benchmark {cfg.benchmark.name!r} has no evaluator in this version (evaluator={evaluator}); "
                        "the GenEval and T2I-CompBench evaluators are tracked in their own issues")
 

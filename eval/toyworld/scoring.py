@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from eval.geneval.folder import prompt_folders
 from eval.geneval.rules import filter_detections, judge
 from eval.toyworld.detector import ToyDetector
 
@@ -25,13 +25,10 @@ def score_folder(detector: ToyDetector, root: Path, threshold: float = 0.3,
                  counting_threshold: float = 0.9) -> list[dict[str, Any]]:
     """One row per image of a GenEval-layout folder: filename, tag, prompt, correct, reason (as `results.jsonl`)."""
     rows = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit()):
-        metadata = json.loads((folder / "metadata.jsonl").read_text())
-        for path in sorted((folder / "samples").glob("*.png")):
-            if not path.stem.isdigit():
-                continue
+    for folder in prompt_folders(root):
+        for path in folder.samples:
             image = np.asarray(Image.open(path).convert("RGB"))
-            correct, reason = score_image(detector, image, metadata, threshold, counting_threshold)
-            rows.append({"filename": str(path.relative_to(root)), "tag": metadata["tag"],
-                         "prompt": metadata["prompt"], "correct": correct, "reason": reason})
+            correct, reason = score_image(detector, image, folder.metadata, threshold, counting_threshold)
+            rows.append({"filename": str(path.relative_to(root)), "tag": folder.metadata["tag"],
+                         "prompt": folder.metadata["prompt"], "correct": correct, "reason": reason})
     return rows
