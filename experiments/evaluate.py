@@ -83,6 +83,9 @@ def run(cfg: DictConfig) -> Path:
         "model": cfg.model.name, "quant": cfg.quant.name, "benchmark": cfg.benchmark.name,
         "config_hash": out.name.rsplit("-", 1)[-1], "images_dir": str(images), "num_images": len(rows),
         **provenance.environment(), "metrics": scores,
+        "evaluator": {k: cfg.benchmark.get(k) for k in ("evaluator", "detector", "detector_checkpoint",
+                                                         "evaluator_weights", "clip_model", "clip_pretrained")
+                      if cfg.benchmark.get(k) is not None},
     }
     if fidelity is not None:
         metrics["fidelity_to_bf16"] = fidelity

@@ -111,7 +111,8 @@ class MMDetMask2Former:
         self._infer = inference_detector
         with _trusted_pickle():
             self.model = init_detector(cfg, str(checkpoint) if checkpoint else None, device=device or default_device())
-        classes = tuple(self.model.dataset_meta.get("classes", COCO_CLASSES))
+        # mmdet's fallback list without a checkpoint spells "traffic_light"; checkpoints carry "traffic light"
+        classes = tuple(c.replace("_", " ") for c in self.model.dataset_meta.get("classes", COCO_CLASSES))
         if classes != COCO_CLASSES:
             raise ValueError(f"{path} does not predict the 80 COCO classes in mmdet order")
 
