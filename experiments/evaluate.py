@@ -30,11 +30,13 @@ DETERMINING_KEYS = [*generate.DETERMINING_KEYS, "benchmark.evaluator", "benchmar
                     "benchmark.clip_model", "benchmark.clip_pretrained", "benchmark.evaluator_weights"]
 
 
-def _score(cfg: DictConfig, images: Path) -> list[dict]:
+def _score(cfg: DictConfig, images: Path) -> tuple[list[dict], dict]:
+    """The rows of `results.jsonl` and a description of the evaluator's models."""
     evaluator = cfg.benchmark.get("evaluator")
     if evaluator == "toyworld":
         detector = ToyDetector(PALETTE, BACKGROUND)
-        return score_folder(detector, images, cfg.benchmark.threshold, cfg.benchmark.counting_threshold)
+        rows = score_folder(detector, images, cfg.benchmark.threshold, cfg.benchmark.counting_threshold)
+        return rows, {"evaluator": "toyworld (exact detector)"}
     if evaluator == "geneval":
         bench = cfg.benchmark
         _, _, device = resolve.process()
@@ -45,8 +47,9 @@ def _score(cfg: DictConfig, images: Path) -> list[dict]:
                                   Path(bench.detector_checkpoint) if bench.get("detector_checkpoint") else None,
                                   bench.clip_model, bench.clip_pretrained, Path(cfg.paths.cache_dir) / "eval")
             scorer.threshold, scorer.counting_threshold = bench.threshold, bench.counting_threshold
-            return scorer.score_folder(images, [item.index for item in resolve.prompts(cfg)],
+            rows = scorer.score_folder(images, [item.index for item in resolve.prompts(cfg)],
                                        bench.samples_per_prompt)
+            return rows, {"evaluator": "geneval", **scorer.description}
         except (DetectorUnavailableError, WeightsUnavailableError, IncompleteFolderError) as e:
             raise Flux158Error(str(e)) from None
     raise Flux158Error(f"benchmark {cfg.benchmark.name!r} has no evaluator in this version (evaluator={evaluator}); "
@@ -76,16 +79,14 @@ def run(cfg: DictConfig) -> Path:
     if (out / "metrics.json").exists():
         log.info("evaluate: %s exists; nothing to do", out / "metrics.json")
         return out
-    rows = _score(cfg, images)
+    rows, evaluator = _score(cfg, images)
     scores = summarize(rows)
     fidelity = _fidelity_to_bf16(cfg, images)
     metrics = {
         "model": cfg.model.name, "quant": cfg.quant.name, "benchmark": cfg.benchmark.name,
         "config_hash": out.name.rsplit("-", 1)[-1], "images_dir": str(images), "num_images": len(rows),
         **provenance.environment(), "metrics": scores,
-        "evaluator": {k: cfg.benchmark.get(k) for k in ("evaluator", "detector", "detector_checkpoint",
-                                                         "evaluator_weights", "clip_model", "clip_pretrained")
-                      if cfg.benchmark.get(k) is not None},
+        "evaluator": evaluator,
     }
     if fidelity is not None:
         metrics["fidelity_to_bf16"] = fidelity

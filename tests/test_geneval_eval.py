@@ -222,6 +222,7 @@ def test_experiment_geneval_on_the_tiny_model(compose):
     out = evaluate.run(cfg)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == 3 * 4 and set(metrics["metrics"]) == {"single_object", "overall"}
-    assert metrics["evaluator"]["detector"] == "mmdet" and metrics["evaluator"]["evaluator_weights"] == "random"
+    assert metrics["evaluator"]["detector"] == "mmdet Mask2Former (shrunk, random weights)"
+    assert metrics["evaluator"]["colors"] == "open_clip flux158-tiny-clip (random weights)"
     rows = [json.loads(r) for r in (out / "results.jsonl").read_text().splitlines()]
     assert all("details" in r and "reason" in r for r in rows)

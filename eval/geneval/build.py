@@ -53,5 +53,12 @@ def build_scorer(detector: str = "mmdet", weights: str = "pretrained", device: s
                  cache_dir: Path | None = None) -> GenEvalScorer:
     if weights not in ("pretrained", "random"):
         raise ValueError(f"GenEval evaluator weights must be pretrained or random, got {weights!r}")
+    random = weights == "random"
+    description = {
+        "detector": f"{detector} Mask2Former " + ("(shrunk, random weights)" if random else
+                                                  str(checkpoint or "Swin-S COCO instance, pinned checkpoint")),
+        "colors": f"open_clip {TINY_CLIP} (random weights)" if random else f"open_clip {clip_model}/{clip_pretrained}",
+    }
     return GenEvalScorer(build_detector(detector, weights, device, checkpoint, cache_dir),
-                         build_colors(weights, clip_model, clip_pretrained, device, cache_dir))
+                         build_colors(weights, clip_model, clip_pretrained, device, cache_dir),
+                         description=description)

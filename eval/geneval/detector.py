@@ -157,12 +157,14 @@ class HFMask2Former:
         inputs = self.processor(images=Image.fromarray(image), return_tensors="pt").to(self.device)
         result = self.processor.post_process_instance_segmentation(
             self.model(**inputs), threshold=0.0, target_sizes=[(h, w)], return_binary_maps=True)[0]
-        masks = result["segmentation"].cpu().numpy().astype(bool)  # (n, H, W) binary maps
         keep = [i for i, s in enumerate(result["segments_info"]) if self._to_geneval[s["label_id"]] >= 0]
+        if not keep:
+            return {}
+        masks = result["segmentation"].cpu().numpy().astype(bool)  # (n, H, W) binary maps
         boxes = np.array([_mask_box(masks[i]) for i in keep]).reshape(-1, 4)
         scores = np.array([result["segments_info"][i]["score"] for i in keep])
         labels = np.array([self._to_geneval[result["segments_info"][i]["label_id"]] for i in keep])
-        return detections_by_class(boxes, scores, labels, masks[keep] if keep else None)
+        return detections_by_class(boxes, scores, labels, masks[keep])
 
 
 def _mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class GenEvalScorer:
     threshold: float = THRESHOLD
     counting_threshold: float = COUNTING_THRESHOLD
     max_objects: int = MAX_OBJECTS
+    description: dict[str, str] = field(default_factory=dict)  # which models, for metrics.json
 
     def _classify(self, image: np.ndarray, cls: str, dets: Sequence[Detection]) -> list[str]:
         if isinstance(self.colors, ColorClassifier):
