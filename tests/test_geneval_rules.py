@@ -87,3 +87,44 @@ def test_summary_is_the_unweighted_mean_over_tags():
     rows = [{"tag": "counting", "correct": c} for c in (True, False, False, False)] + [
         {"tag": "colors", "correct": True}]
     assert summarize(rows) == {"counting": 0.25, "colors": 1.0, "overall": 0.625}
+
+
+def test_counting_counts_only_detections_above_0_9():
+    meta = {"tag": "counting", "include": [{"class": "cup", "count": 2}], "exclude": [{"class": "cup", "count": 3}]}
+    two_sure_one_unsure = {"cup": [det(0, 0, 5, 5, 0.95), det(10, 0, 15, 5, 0.92), det(20, 0, 25, 5, 0.85)]}
+    assert judge(meta, filter_detections(two_sure_one_unsure, "counting"), no_color) == (True, "")
+    three_sure = {"cup": [det(0, 0, 5, 5, 0.95), det(10, 0, 15, 5, 0.92), det(20, 0, 25, 5, 0.91)]}
+    assert judge(meta, filter_detections(three_sure, "counting"), no_color) == (False, "expected cup<3, found 3")
+    one_sure = {"cup": [det(0, 0, 5, 5, 0.95), det(10, 0, 15, 5, 0.6)]}
+    assert judge(meta, filter_detections(one_sure, "counting"), no_color) == (False, "expected cup>=2, found 1")
+
+
+@pytest.mark.parametrize(("dx", "dy", "relation"), [(-50, 0, "left of"), (50, 0, "right of"), (0, -50, "above"),
+                                                    (0, 50, "below")])
+def test_each_relation_with_image_y_pointing_down(dx, dy, relation):
+    target = det(100, 100, 110, 110)
+    obj = det(100 + dx, 100 + dy, 110 + dx, 110 + dy)
+    assert relative_position(obj, target) == {relation}
+    meta = {"tag": "position", "include": [{"class": "t", "count": 1},
+                                           {"class": "o", "count": 1, "position": [relation, 0]}]}
+    assert judge(meta, {"t": [target], "o": [obj]}, no_color) == (True, "")
+
+
+def test_color_attr_fails_when_only_the_second_object_has_the_wrong_color():
+    car, bench = det(0, 0, 10, 10), det(20, 0, 30, 10)
+    meta = {"tag": "color_attr", "include": [{"class": "car", "count": 1, "color": "red"},
+                                             {"class": "bench", "count": 1, "color": "green"}]}
+    colors = {car.box: "red", bench.box: "brown"}
+    correct, reason = judge(meta, {"car": [car], "bench": [bench]}, lambda d: colors[d.box])
+    assert not correct and reason == "expected green bench>=1, found 0 green; and 1 brown"
+    colors[bench.box] = "green"
+    assert judge(meta, {"car": [car], "bench": [bench]}, lambda d: colors[d.box]) == (True, "")
+
+
+def test_masks_do_not_change_the_rules():
+    mask = np.ones((10, 10), dtype=bool)
+    with_mask, without = Detection((0, 0, 10, 10), 0.95, mask), det(0, 0, 10, 10, 0.95)
+    meta = {"tag": "single_object", "include": [{"class": "cat", "count": 1}]}
+    for d in (with_mask, without):
+        kept = filter_detections({"cat": [d]}, "single_object")
+        assert kept["cat"][0] is d and judge(meta, kept, no_color) == (True, "")
