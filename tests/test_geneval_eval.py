@@ -216,7 +216,7 @@ def test_experiment_geneval_on_the_tiny_model(compose):
     _require_mmdet()
     from experiments import evaluate, generate
 
-    cfg = compose("experiment=geneval", "model=tiny", "sampler=tiny", "logger=none", "benchmark.limit_per_group=3",
+    cfg = compose("experiment=geneval", "model=tiny", "logger=none", "benchmark.limit_per_group=3",
                   "calib=smoke")
     generate.run(cfg)
     out = evaluate.run(cfg)
