@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.errors import IncompleteFolderError
 
-class IncompleteFolderError(ValueError):
-    """The folder misses prompts or samples; scoring it would bias the per-tag accuracies."""
+__all__ = ["IncompleteFolderError", "PromptFolder", "check_complete", "prompt_folders"]
 
 
 @dataclass(frozen=True)

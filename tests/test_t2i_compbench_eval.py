@@ -1,0 +1,77 @@
+"""T2I-CompBench evaluator parts: the category folder check and CLIPScore with a random small CLIP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from eval.errors import IncompleteFolderError
+from eval.t2i_compbench.clipscore import CLIPScore
+from eval.t2i_compbench.folder import check_complete
+
+
+def _write(category, names):
+    (category / "samples").mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.new("RGB", (8, 8)).save(category / "samples" / name)
+
+
+def test_category_folder_must_hold_every_prompt_in_counter_order(tmp_path):
+    prompts = ["a red car", "a blue bench"]
+    category = tmp_path / "color"
+    _write(category, [f"a red car_{k:06d}.png" for k in range(3)] + [f"a blue bench_{3 + k:06d}.png" for k in range(2)])
+    _write(category, ["notes.png", "a blue bench_000099.png"])  # ignored / not expected
+    with pytest.raises(IncompleteFolderError, match=r"missing a blue bench_000005.png"):
+        check_complete(category, prompts, samples_per_prompt=3)
+    _write(category, ["a blue bench_000005.png"])
+    samples = check_complete(category, prompts, samples_per_prompt=3)
+    assert [(s.prompt, s.counter) for s in samples] == [("a red car", 0), ("a red car", 1), ("a red car", 2),
+                                                        ("a blue bench", 3), ("a blue bench", 4),
+                                                        ("a blue bench", 5)]
+    _write(category, ["a green bench_000003.png"])  # the right counter under another prompt does not count
+    (category / "samples" / "a blue bench_000003.png").unlink()
+    with pytest.raises(IncompleteFolderError, match="a blue bench_000003.png"):
+        check_complete(category, prompts, samples_per_prompt=3)
+
+
+@pytest.fixture(scope="module")
+def small_clip(tmp_path_factory):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from flux158.models.tokenizers import build_clip_tokenizer
+
+    tokenizer = build_clip_tokenizer(tmp_path_factory.mktemp("clip-tok"))
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 77,
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 224, "patch_size": 32}, projection_dim=16)
+    return CLIPScore(CLIPModel(config), tokenizer, CLIPImageProcessor(), "cpu")
+
+
+def test_clipscore_is_the_raw_cosine_after_openai_preprocessing(small_clip):
+    rng = np.random.default_rng(0)
+    image = Image.fromarray((rng.random((112, 140, 3)) * 255).astype(np.uint8))
+    text = "a man riding a horse"
+    # OpenAI's transform, by hand: bicubic resize of the short side to 224 (-> 224 x 280), centre crop 224,
+    # scale to [0, 1], normalise with CLIP's mean and std
+    resized = np.asarray(image.resize((280, 224), Image.BICUBIC), dtype=np.float32)[:, 28:252] / 255.0
+    mean, std = np.array([0.48145466, 0.4578275, 0.40821073]), np.array([0.26862954, 0.26130258, 0.27577711])
+    pixels = torch.tensor(((resized - mean) / std).transpose(2, 0, 1)[None], dtype=torch.float32)
+    model = small_clip.model
+    with torch.no_grad():
+        img = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+        txt = model.text_projection(model.text_model(**small_clip.tokenizer(text, return_tensors="pt")).pooler_output)
+    expected = F.cosine_similarity(img, txt).item()
+    assert small_clip.score(image, text) == pytest.approx(expected, abs=1e-4)
+    assert -1.0 <= expected <= 1.0
+
+
+def test_clipscore_refuses_prompts_longer_than_77_tokens(small_clip):
+    with pytest.raises(ValueError, match="longer than CLIP's 77 tokens"):
+        small_clip.score(np.zeros((32, 32, 3), dtype=np.uint8), " ".join(["dog"] * 100))
