@@ -75,3 +75,59 @@ def test_clipscore_is_the_raw_cosine_after_openai_preprocessing(small_clip):
 def test_clipscore_refuses_prompts_longer_than_77_tokens(small_clip):
     with pytest.raises(ValueError, match="longer than CLIP's 77 tokens"):
         small_clip.score(np.zeros((32, 32, 3), dtype=np.uint8), " ".join(["dog"] * 100))
+
+
+def test_questions_from_a_fixed_parse():
+    from eval.t2i_compbench.bvqa import pre_question, questions_from_phrases
+
+    chunks = ["A Green (Bench)", "the left", "a blue car!", "top", *[f"thing {i}" for i in range(10)]]
+    qs = questions_from_phrases(chunks)
+    assert qs[:2] == ["a green bench?", "a blue car?"] and len(qs) == 8  # filtered, then the first 8
+    assert pre_question(" ".join(["word"] * 60) + "?") == " ".join(["word"] * 50)
+
+
+@pytest.fixture(scope="module")
+def small_blip(tmp_path_factory):
+    from transformers import BertTokenizer, BlipConfig, BlipForQuestionAnswering, BlipImageProcessor
+
+    from eval.t2i_compbench.bvqa import BlipVQA
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "green", "bench", "blue", "car", "?", "yes", "no",
+             "[DEC]", "[ENC]"]
+    path = tmp_path_factory.mktemp("blip-tok") / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizer(str(path), additional_special_tokens=["[DEC]", "[ENC]"])
+    torch.manual_seed(0)
+    text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "encoder_hidden_size": 32, "bos_token_id": vocab.index("[DEC]"),
+            "pad_token_id": 0, "sep_token_id": vocab.index("[SEP]")}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 64, "patch_size": 16}
+    model = BlipForQuestionAnswering(BlipConfig(text_config=text, vision_config=vision))
+    processor = BlipImageProcessor(size={"height": 64, "width": 64})
+    return BlipVQA(model, tokenizer, processor, "cpu")
+
+
+def test_bvqa_feeds_enc_and_the_padded_question_mask(small_blip):
+    seen = {}
+    enc = small_blip.model.text_encoder.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.update(ids=kwargs["input_ids"].clone()), with_kwargs=True)
+    dec = small_blip.model.text_decoder.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.update(mask=kwargs["encoder_attention_mask"].clone()), with_kwargs=True)
+    image = np.full((40, 50, 3), 120, dtype=np.uint8)
+    try:
+        probs = small_blip.yes_probabilities(image, ["a green bench?", "a car?"])
+    finally:
+        enc.remove()
+        dec.remove()
+    assert (seen["ids"][:, 0] == small_blip.enc_id).all()  # [ENC], not [CLS]
+    # [CLS] a green bench ? [SEP] and [CLS] a car ? [SEP] [PAD]: the padded question mask
+    assert seen["mask"].tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]]
+    assert all(0 < p < 1 and p == round(p, 4) for p in probs)
+
+
+def test_bvqa_image_score_is_the_rounded_product(small_blip, monkeypatch):
+    monkeypatch.setattr(type(small_blip), "yes_probabilities", lambda self, image, qs: [0.5123, 0.25, 0.9999][:len(qs)])
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    assert small_blip.score(image, ["a?", "b?", "c?"]) == 0.1281  # 0.5123 * 0.25 * 0.9999 = 0.12806..., 4 decimals
+    assert small_blip.score(image, []) == 1.0  # no noun phrase: nothing to doubt
