@@ -131,3 +131,33 @@ def test_bvqa_image_score_is_the_rounded_product(small_blip, monkeypatch):
     image = np.zeros((8, 8, 3), dtype=np.uint8)
     assert small_blip.score(image, ["a?", "b?", "c?"]) == 0.1281  # 0.5123 * 0.25 * 0.9999 = 0.12806..., 4 decimals
     assert small_blip.score(image, []) == 1.0  # no noun phrase: nothing to doubt
+
+
+# worked by hand: short side -> 479, long = int(479 * long / short); above 480 it is capped at 480 and the short
+# side becomes int(480 * 479 / uncapped long): 1024x768 -> 638 -> (480, 360); 400x600 -> 718 -> (320, 480);
+# 480x470 -> 489 -> (480, 470)
+@pytest.mark.parametrize(("size", "expected"), [((1024, 1024), (479, 479)), ((1024, 768), (480, 360)),
+                                                ((400, 600), (320, 480)), ((480, 470), (480, 470))])
+def test_detector_resolution_is_torchvisions_resize_479_max_480(size, expected):
+    from eval.t2i_compbench.depth import detector_size
+
+    assert detector_size(*size) == expected
+
+
+def test_depth_map_is_normalised_quantised_and_resized():
+    from transformers import DPTConfig, DPTForDepthEstimation
+
+    from eval.t2i_compbench.depth import DepthEstimator
+
+    torch.manual_seed(0)
+    config = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                       image_size=64, patch_size=16, backbone_out_indices=[0, 1, 2, 3],
+                       neck_hidden_sizes=[16, 16, 16, 16], fusion_hidden_size=16, head_hidden_size=8)
+    estimator = DepthEstimator(DPTForDepthEstimation(config), "cpu")
+    image = Image.fromarray((np.random.default_rng(0).random((80, 100, 3)) * 255).astype(np.uint8))
+    inverse = estimator.inverse_depth(image)
+    # min-max normalised at the model's resolution, then interpolated: stays inside [0, 1]
+    assert inverse.shape == (80, 100) and inverse.min() >= 0.0 and inverse.max() <= 1.0 and np.ptp(inverse) > 0
+    space = estimator.detector_space(image)
+    assert space.shape == (384, 480)  # 100 x 80 -> (480, int(480 * 479 / 598)) = (480, 384)
+    assert np.allclose(space * 255, np.round(space * 255))  # 8-bit levels

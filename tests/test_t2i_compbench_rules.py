@@ -127,3 +127,13 @@ def test_numeracy_half_for_presence_half_for_the_exact_count():
     assert score_numeracy([("horse", 1)], ["dog"]) == 0.0
     with pytest.raises(ValueError, match="no counted object"):
         score_numeracy([], ["dog"])
+
+
+def test_objects_are_the_first_and_last_noun_of_a_fixed_parse():
+    from eval.t2i_compbench.rules import first_and_last_noun
+
+    parse = [("a", "DET"), ("wooden", "ADJ"), ("chair", "NOUN"), ("on", "ADP"), ("the", "DET"), ("left", "NOUN"),
+             ("of", "ADP"), ("a", "DET"), ("red", "ADJ"), ("car", "NOUN")]
+    assert first_and_last_noun(parse) == ("chair", "car")
+    with pytest.raises(ValueError, match="no noun"):
+        first_and_last_noun([("running", "VERB")])

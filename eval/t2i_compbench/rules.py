@@ -204,3 +204,12 @@ def score_numeracy(pairs: Sequence[tuple[str, int]], labels: Sequence[str]) -> f
             if found.count(obj) == count:
                 score += 0.5 * weight
     return score
+
+
+def first_and_last_noun(tokens: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """The spatial categories' objects (simple mode): the first and the last token tagged NOUN, from spaCy's
+    (text, pos_) pairs. Upstream crashes on a prompt without a noun; this raises ValueError."""
+    nouns = [text for text, pos in tokens if pos == "NOUN"]
+    if not nouns:
+        raise ValueError(f"no noun in {' '.join(t for t, _ in tokens)!r}")
+    return nouns[0], nouns[-1]
