@@ -137,3 +137,17 @@ def test_objects_are_the_first_and_last_noun_of_a_fixed_parse():
     assert first_and_last_noun(parse) == ("chair", "car")
     with pytest.raises(ValueError, match="no noun"):
         first_and_last_noun([("running", "VERB")])
+
+
+def test_three_in_one_picks_the_formula_by_sub_type():
+    from eval.t2i_compbench.complex import three_in_one, without_adjectives
+
+    prompts = ["The red cup is on the left of the book.", "A man walks a brown dog", "a blue car near a tall tree"]
+    attribute, spatial, clip = [0.8, 0.6, 0.4, 0.2, 0.9, 0.3], [0.4, 0.0, 0.9, 0.9, 0.6, 0.0], [0.3] * 6
+    scores = three_in_one(prompts, attribute, spatial, clip, spatial_prompts=["the red cup is on the left of the book"],
+                          action_prompts=["a man walks a brown dog."], samples_per_prompt=2)
+    # prompt 0 (spatial): (s + a) / 2; prompt 1 (action): (c + a) / 2; prompt 2: (a + s + c) / 3
+    assert scores == pytest.approx([0.6, 0.3, 0.35, 0.25, 0.6, 0.2])
+    with pytest.raises(ValueError, match="needs 6 scores"):
+        three_in_one(prompts, attribute[:5], spatial, clip, [], [], samples_per_prompt=2)
+    assert without_adjectives([("a", "DET"), ("brown", "ADJ"), ("dog", "NOUN"), (",", "PUNCT")]) == "a dog ,"
