@@ -1,5 +1,6 @@
-"""`torch.ops.flux158.ternary_mm`: the Triton kernels registered with `torch.library.triton_op`, so eager calls
-and `torch.compile` graphs both see them (Inductor traces the launches instead of treating the op as opaque).
+"""`torch.ops.flux158.ternary_mm` (the fused kernels) and `torch.ops.flux158.ternary_mm_unpacked` (the layer-wise
+unpack baseline), registered with `torch.library.triton_op`, so eager calls and `torch.compile` graphs both see them
+(Inductor traces the launches instead of treating the op as opaque).
 
 Launch rules: M <= 16 runs the split-K GEMV (the modulation and embedding linears see one row), larger M the fused
 GEMM. 8-bit activation modes first quantize each row (`quantize_rows_kernel`). On CUDA block sizes are autotuned;
