@@ -161,3 +161,51 @@ def test_depth_map_is_normalised_quantised_and_resized():
     space = estimator.detector_space(image)
     assert space.shape == (384, 480)  # 100 x 80 -> (480, int(480 * 479 / 598)) = (480, 384)
     assert np.allclose(space * 255, np.round(space * 255))  # 8-bit levels
+
+
+class _Chunks:
+    """A fixed parse: noun chunks are the ' and '-separated parts of the prompt."""
+
+    def __call__(self, text):
+        return type("Doc", (), {"noun_chunks": [type("Span", (), {"text": t})() for t in text.split(" and ")]})()
+
+
+def test_score_category_with_bvqa_and_clipscore(tmp_path, small_blip, small_clip, monkeypatch):
+    from eval.t2i_compbench.scoring import score_category
+
+    category = tmp_path / "color"
+    _write(category, [f"a green bench and a blue car_{k:06d}.png" for k in range(2)]
+           + [f"a blue bench_{2 + k:06d}.png" for k in range(2)])
+    asked = []
+    monkeypatch.setattr(type(small_blip), "yes_probabilities",
+                        lambda self, image, qs: asked.append(list(qs)) or [0.5] * len(qs))
+    result = score_category(category, "color", samples_per_prompt=2, bvqa=small_blip, nlp=_Chunks(), progress=False)
+    assert asked[0] == ["a green bench?", "a blue car?"] and asked[-1] == ["a blue bench?"]
+    assert [r["score"] for r in result.rows] == [0.25, 0.25, 0.5, 0.5] and result.score == pytest.approx(0.375)
+    assert (result.metric, [r["question_id"] for r in result.rows]) == ("b-vqa", [0, 1, 2, 3])
+
+    clip_result = score_category(category, "non_spatial", samples_per_prompt=2, clip=small_clip, progress=False)
+    assert clip_result.metric == "clipscore" and len(clip_result.rows) == 4
+    with pytest.raises(NotImplementedError, match="detector backend"):
+        score_category(category, "numeracy", samples_per_prompt=2)
+    with pytest.raises(IncompleteFolderError):
+        score_category(category, "color", ["a green bench and a blue car", "a blue bench", "a cat"], 2,
+                       bvqa=small_blip, nlp=_Chunks())
+
+
+def test_cli_refuses_what_it_cannot_score(tmp_path, capsys):
+    from eval.t2i_compbench.__main__ import main
+
+    category = tmp_path / "spatial"
+    _write(category, ["a dog on the left of a cat_000000.png"])
+    assert main([str(category), "--category", "spatial", "--samples", "1"]) == 2
+    assert "detector backend is not implemented" in capsys.readouterr().err
+    assert main([str(tmp_path / "nothing"), "--category", "color"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    color = tmp_path / "color"
+    _write(color, ["a red car_000000.png"])
+    assert main([str(color), "--category", "color", "--samples", "2"]) == 2  # checked before any model loads
+    assert "missing a red car_000001.png" in capsys.readouterr().err
+    _write(color, ["a red car_000001.png"])
+    assert main([str(color), "--category", "color", "--samples", "2"]) == 2  # offline: a clear message
+    assert "cannot load Salesforce/blip-vqa-capfilt-large" in capsys.readouterr().err

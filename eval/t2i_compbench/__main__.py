@@ -1,0 +1,64 @@
+"""`python -m eval.t2i_compbench <folder> --category color [--prompts val.txt]`: score one category folder in the
+official layout (`<folder>/samples/<prompt>_<NNNNNN>.png`). Writes `vqa_result.json` (upstream's list of
+{question_id, answer}), `results.jsonl` (per image, with prompts) and `metrics.json` into `--out`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from eval.errors import IncompleteFolderError
+from eval.geneval.weights import WeightsUnavailableError
+from eval.t2i_compbench.folder import check_complete
+from eval.t2i_compbench.scoring import CATEGORIES, IMPLEMENTED, METRICS, prompts_in_folder, score_category
+
+
+def _models(metric: str, device: str | None) -> dict:
+    if metric == "b-vqa":
+        from eval.t2i_compbench.bvqa import BlipVQA, load_spacy
+
+        return {"bvqa": BlipVQA.from_pretrained(device=device), "nlp": load_spacy()}
+    if metric == "clipscore":
+        from eval.t2i_compbench.clipscore import CLIPScore
+
+        return {"clip": CLIPScore.from_pretrained(device=device)}
+    return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eval.t2i_compbench", description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path, help="the category folder (holding samples/)")
+    ap.add_argument("--category", required=True, choices=CATEGORIES)
+    ap.add_argument("--prompts", type=Path, help="the category's prompt file (default: prompts read from file names)")
+    ap.add_argument("--samples", type=int, default=10, help="images per prompt")
+    ap.add_argument("--out", type=Path, help="output directory (default <folder>/t2i_compbench)")
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args(argv)
+    metric = METRICS[args.category]
+    prompts = None
+    if args.prompts:
+        prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
+    try:
+        if metric not in IMPLEMENTED:
+            raise NotImplementedError(f"{args.category} uses {metric}, whose detector backend is not implemented yet")
+        prompts = prompts if prompts is not None else prompts_in_folder(args.folder, args.samples)
+        check_complete(args.folder, prompts, args.samples)  # before any model download
+        result = score_category(args.folder, args.category, prompts, args.samples, **_models(metric, args.device))
+    except (IncompleteFolderError, FileNotFoundError, WeightsUnavailableError, NotImplementedError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or args.folder / "t2i_compbench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vqa_result.json").write_text(json.dumps([{"question_id": r["question_id"], "answer": r["score"]}
+                                                     for r in result.rows]))
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.rows))
+    (out / "metrics.json").write_text(json.dumps({"category": result.category, "metric": result.metric,
+                                                  "score": result.score, "num_images": len(result.rows)}, indent=2))
+    print(f"{result.category} ({result.metric}): {result.score:.4f} over {len(result.rows)} images")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
