@@ -186,7 +186,7 @@ def test_score_category_with_bvqa_and_clipscore(tmp_path, small_blip, small_clip
 
     clip_result = score_category(category, "non_spatial", samples_per_prompt=2, clip=small_clip, progress=False)
     assert clip_result.metric == "clipscore" and len(clip_result.rows) == 4
-    with pytest.raises(NotImplementedError, match="detector backend"):
+    with pytest.raises(NotImplementedError, match="official runner"):
         score_category(category, "numeracy", samples_per_prompt=2)
     with pytest.raises(IncompleteFolderError):
         score_category(category, "color", ["a green bench and a blue car", "a blue bench", "a cat"], 2,
@@ -199,7 +199,7 @@ def test_cli_refuses_what_it_cannot_score(tmp_path, capsys):
     category = tmp_path / "spatial"
     _write(category, ["a dog on the left of a cat_000000.png"])
     assert main([str(category), "--category", "spatial", "--samples", "1"]) == 2
-    assert "detector backend is not implemented" in capsys.readouterr().err
+    assert "pass --unidet-checkout" in capsys.readouterr().err
     assert main([str(tmp_path / "nothing"), "--category", "color"]) == 2
     assert "does not exist" in capsys.readouterr().err
     color = tmp_path / "color"
@@ -209,3 +209,48 @@ def test_cli_refuses_what_it_cannot_score(tmp_path, capsys):
     _write(color, ["a red car_000001.png"])
     assert main([str(color), "--category", "color", "--samples", "2"]) == 2  # offline: a clear message
     assert "cannot load Salesforce/blip-vqa-capfilt-large" in capsys.readouterr().err
+
+
+FAKE_SCRIPT = """
+import argparse, json, os, pathlib, sys
+ap = argparse.ArgumentParser()
+ap.add_argument("--outpath")
+ap.add_argument("--complex", type=bool, default=False)
+args = ap.parse_args()
+assert os.path.basename(os.getcwd()) == "UniDet_eval", os.getcwd()
+out = pathlib.Path(args.outpath) / RESULT
+out.parent.mkdir(parents=True, exist_ok=True)
+names = sorted(p.name for p in (pathlib.Path(args.outpath) / "samples").glob("*.png"))
+out.write_text(json.dumps([{"question_id": int(n.rsplit("_", 1)[1][:-4]), "answer": 0.25 * (i + 1)}
+                           for i, n in enumerate(names)]))
+"""
+
+
+def _fake_checkout(root, script, result):
+    (root / "UniDet_eval").mkdir(parents=True)
+    (root / "UniDet_eval" / script).write_text(f"RESULT = {result!r}\n" + FAKE_SCRIPT)
+    return root
+
+
+def test_official_runner_runs_the_upstream_script_and_reads_its_results(tmp_path, capsys):
+    import sys
+
+    from eval.t2i_compbench.__main__ import main
+    from eval.t2i_compbench.official import OfficialRunner, OfficialRunnerError
+    from eval.t2i_compbench.scoring import score_category
+
+    checkout = _fake_checkout(tmp_path / "T2I-CompBench", "numeracy_eval.py", "annotation_num/vqa_result.json")
+    category = tmp_path / "numeracy"
+    _write(category, [f"two dogs_{k:06d}.png" for k in range(2)] + [f"three cats_{2 + k:06d}.png" for k in range(2)])
+    (category / "annotation_num").mkdir()
+    (category / "annotation_num" / "vqa_result.json").write_text("[]")  # stale: must be replaced
+    runner = OfficialRunner(checkout, sys.executable)
+    result = score_category(category, "numeracy", samples_per_prompt=2, official=runner, progress=False)
+    # the fake scores files in name order ("three cats" first); rows follow question_id, not file order
+    assert [r["score"] for r in result.rows] == [0.75, 1.0, 0.25, 0.5] and result.score == pytest.approx(0.625)
+    assert result.metric == "unidet-count (official)"
+    assert main([str(category), "--category", "numeracy", "--samples", "2", "--unidet-checkout", str(checkout),
+                 "--unidet-python", sys.executable]) == 0
+    assert "numeracy (unidet-count (official)): 0.6250 over 4 images" in capsys.readouterr().out
+    with pytest.raises(OfficialRunnerError, match="not found"):
+        OfficialRunner(tmp_path / "elsewhere", sys.executable).run("numeracy", category)

@@ -12,6 +12,7 @@ from pathlib import Path
 from eval.errors import IncompleteFolderError
 from eval.geneval.weights import WeightsUnavailableError
 from eval.t2i_compbench.folder import check_complete
+from eval.t2i_compbench.official import OfficialRunner, OfficialRunnerError
 from eval.t2i_compbench.scoring import CATEGORIES, IMPLEMENTED, METRICS, prompts_in_folder, score_category
 
 
@@ -35,18 +36,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=10, help="images per prompt")
     ap.add_argument("--out", type=Path, help="output directory (default <folder>/t2i_compbench)")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--unidet-checkout", type=Path,
+                    help="a T2I-CompBench checkout with UniDet set up: scores spatial, 3d_spatial and numeracy")
+    ap.add_argument("--unidet-python", default="python", help="the python of that checkout's environment")
     args = ap.parse_args(argv)
     metric = METRICS[args.category]
     prompts = None
     if args.prompts:
         prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
+    official = OfficialRunner(args.unidet_checkout, args.unidet_python) if args.unidet_checkout else None
     try:
-        if metric not in IMPLEMENTED:
-            raise NotImplementedError(f"{args.category} uses {metric}, whose detector backend is not implemented yet")
+        if metric not in IMPLEMENTED and official is None:
+            raise NotImplementedError(f"{args.category} uses {metric}: pass --unidet-checkout (the native detector "
+                                      "backend is not implemented yet)")
         prompts = prompts if prompts is not None else prompts_in_folder(args.folder, args.samples)
         check_complete(args.folder, prompts, args.samples)  # before any model download
-        result = score_category(args.folder, args.category, prompts, args.samples, **_models(metric, args.device))
-    except (IncompleteFolderError, FileNotFoundError, WeightsUnavailableError, NotImplementedError) as e:
+        result = score_category(args.folder, args.category, prompts, args.samples, official=official,
+                                **_models(metric, args.device))
+    except (IncompleteFolderError, FileNotFoundError, WeightsUnavailableError, NotImplementedError,
+            OfficialRunnerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or args.folder / "t2i_compbench"
