@@ -163,11 +163,19 @@ def test_depth_map_is_normalised_quantised_and_resized():
     assert np.allclose(space * 255, np.round(space * 255))  # 8-bit levels
 
 
+class _Doc(list):
+    pass
+
+
 class _Chunks:
-    """A fixed parse: noun chunks are the ' and '-separated parts of the prompt."""
+    """A fixed parse: noun chunks are the ' and '-separated parts of the prompt; words tagged ADJ when they are
+    colors, NOUN otherwise."""
 
     def __call__(self, text):
-        return type("Doc", (), {"noun_chunks": [type("Span", (), {"text": t})() for t in text.split(" and ")]})()
+        doc = _Doc(type("Token", (), {"text": w, "pos_": "ADJ" if w in ("red", "blue", "green") else "NOUN"})()
+                   for w in text.split())
+        doc.noun_chunks = [type("Span", (), {"text": t})() for t in text.split(" and ")]
+        return doc
 
 
 def test_score_category_with_bvqa_and_clipscore(tmp_path, small_blip, small_clip, monkeypatch):
@@ -254,3 +262,30 @@ def test_official_runner_runs_the_upstream_script_and_reads_its_results(tmp_path
     assert "numeracy (unidet-count (official)): 0.6250 over 4 images" in capsys.readouterr().out
     with pytest.raises(OfficialRunnerError, match="not found"):
         OfficialRunner(tmp_path / "elsewhere", sys.executable).run("numeracy", category)
+
+
+def test_complex_is_three_in_one_with_the_complex_mode_runner(tmp_path, small_blip, small_clip, monkeypatch):
+    import sys
+
+    from eval.t2i_compbench.official import OfficialRunner
+    from eval.t2i_compbench.scoring import score_category
+
+    checkout = _fake_checkout(tmp_path / "T2I-CompBench", "2D_spatial_eval.py",
+                              "labels/annotation_obj_detection_2d/vqa_result.json")
+    category = tmp_path / "complex"
+    prompts = ["a red cup on the left of a book", "a man walks a blue dog"]
+    _write(category, [f"{prompts[0]}_{k:06d}.png" for k in range(2)]
+           + [f"{prompts[1]}_{2 + k:06d}.png" for k in range(2)])
+    monkeypatch.setattr(type(small_blip), "yes_probabilities", lambda self, image, qs: [0.5] * len(qs))
+    texts = []
+    monkeypatch.setattr(type(small_clip), "score", lambda self, image, text: texts.append(text) or 0.3)
+    result = score_category(category, "complex", prompts, 2, bvqa=small_blip, nlp=_Chunks(), clip=small_clip,
+                            official=OfficialRunner(checkout, sys.executable),
+                            complex_subtypes=([prompts[0]], [prompts[1]]), progress=False)
+    # fake 2D scores by file name order: "a man..." files get 0.25, 0.5, "a red cup..." files 0.75, 1.0
+    # spatial prompt: (2D + attribute 0.5) / 2; action prompt: (CLIP 0.3 + attribute 0.5) / 2
+    assert [r["score"] for r in result.rows] == pytest.approx([0.625, 0.75, 0.4, 0.4])
+    assert texts[0] == "a cup on the left of a book"  # adjectives dropped for CLIP in complex mode
+    with pytest.raises(ValueError, match="needs complex_subtypes"):
+        score_category(category, "complex", prompts, 2, bvqa=small_blip, nlp=_Chunks(), clip=small_clip,
+                       official=OfficialRunner(checkout, sys.executable))

@@ -13,7 +13,7 @@ from eval.errors import IncompleteFolderError
 from eval.geneval.weights import WeightsUnavailableError
 from eval.t2i_compbench.folder import check_complete
 from eval.t2i_compbench.official import OfficialRunner, OfficialRunnerError
-from eval.t2i_compbench.scoring import CATEGORIES, IMPLEMENTED, METRICS, prompts_in_folder, score_category
+from eval.t2i_compbench.scoring import CATEGORIES, IN_ENVIRONMENT, METRICS, prompts_in_folder, score_category
 
 
 def _models(metric: str, device: str | None) -> dict:
@@ -25,6 +25,8 @@ def _models(metric: str, device: str | None) -> dict:
         from eval.t2i_compbench.clipscore import CLIPScore
 
         return {"clip": CLIPScore.from_pretrained(device=device)}
+    if metric == "3-in-1":
+        return {**_models("b-vqa", device), **_models("clipscore", device)}
     return {}
 
 
@@ -39,22 +41,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unidet-checkout", type=Path,
                     help="a T2I-CompBench checkout with UniDet set up: scores spatial, 3d_spatial and numeracy")
     ap.add_argument("--unidet-python", default="python", help="the python of that checkout's environment")
+    ap.add_argument("--complex-spatial", type=Path, help="complex: complex_val_spatial.txt (3-in-1 sub-types)")
+    ap.add_argument("--complex-action", type=Path, help="complex: complex_val_action.txt")
     args = ap.parse_args(argv)
+    subtypes = None
+    if args.complex_spatial and args.complex_action:
+        subtypes = tuple([line for line in f.read_text().splitlines() if line.strip()]
+                         for f in (args.complex_spatial, args.complex_action))
     metric = METRICS[args.category]
     prompts = None
     if args.prompts:
         prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
     official = OfficialRunner(args.unidet_checkout, args.unidet_python) if args.unidet_checkout else None
     try:
-        if metric not in IMPLEMENTED and official is None:
+        if metric not in IN_ENVIRONMENT and official is None:
             raise NotImplementedError(f"{args.category} uses {metric}: pass --unidet-checkout (the native detector "
                                       "backend is not implemented yet)")
         prompts = prompts if prompts is not None else prompts_in_folder(args.folder, args.samples)
         check_complete(args.folder, prompts, args.samples)  # before any model download
+        if args.category == "complex" and subtypes is None:
+            raise ValueError("complex needs --complex-spatial and --complex-action (the 3-in-1 sub-type files)")
         result = score_category(args.folder, args.category, prompts, args.samples, official=official,
-                                **_models(metric, args.device))
+                                complex_subtypes=subtypes, **_models(metric, args.device))
     except (IncompleteFolderError, FileNotFoundError, WeightsUnavailableError, NotImplementedError,
-            OfficialRunnerError) as e:
+            OfficialRunnerError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or args.folder / "t2i_compbench"

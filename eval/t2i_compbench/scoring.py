@@ -1,10 +1,11 @@
 """Score one T2I-CompBench category folder: per-image scores with the category's metric, and the category score
 (their mean over all images, as upstream).
 
-Implemented: B-VQA (color, shape, texture) and CLIPScore (non_spatial) in this environment; spatial, 3d_spatial
-and numeracy through the official runner (upstream's UniDet scripts in their own environment). The native detector
-backend and complex (3-in-1, which needs the complex-mode 2D scores) are not implemented yet; asking for them
-raises `NotImplementedError` naming what is missing. The rules those backends will feed are in `rules.py`.
+B-VQA (color, shape, texture) and CLIPScore (non_spatial) run in this environment; spatial, 3d_spatial and
+numeracy run through the official runner (upstream's UniDet scripts in their own environment), and complex
+(3-in-1) combines B-VQA, CLIPScore without adjectives and the runner's complex-mode 2D scores. The native detector
+backend is not implemented yet: without a runner those categories raise `NotImplementedError`. The rules it will
+feed are in `rules.py`.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from tqdm.auto import tqdm
 from eval.errors import IncompleteFolderError
 from eval.t2i_compbench.bvqa import BlipVQA, questions_from_phrases
 from eval.t2i_compbench.clipscore import CLIPScore
-from eval.t2i_compbench.folder import check_complete, list_samples
-from eval.t2i_compbench.official import SCRIPTS, OfficialRunner
+from eval.t2i_compbench.complex import three_in_one, without_adjectives
+from eval.t2i_compbench.folder import Sample, check_complete, list_samples
+from eval.t2i_compbench.official import OfficialRunner
 
 CATEGORIES = ("color", "shape", "texture", "spatial", "3d_spatial", "non_spatial", "numeracy", "complex")
 METRICS = {"color": "b-vqa", "shape": "b-vqa", "texture": "b-vqa", "non_spatial": "clipscore",
            "spatial": "unidet-2d", "3d_spatial": "unidet-3d", "numeracy": "unidet-count", "complex": "3-in-1"}
-IMPLEMENTED = ("b-vqa", "clipscore")
+IN_ENVIRONMENT = ("b-vqa", "clipscore")  # the others need the official UniDet runner
 
 
 @dataclass
@@ -45,44 +47,71 @@ def prompts_in_folder(category_dir: Path, samples_per_prompt: int = 10) -> list[
     return [prompts[i] for i in sorted(prompts)]
 
 
+def _official(samples: Sequence[Sample], official: OfficialRunner, script_category: str,
+              complex_mode: bool = False) -> list[float]:
+    by_id = official.run(script_category, samples[0].path.parent.parent, complex_mode)
+    missing = [s.counter for s in samples if s.counter not in by_id]
+    if missing:
+        raise IncompleteFolderError(f"the official {script_category} script scored no image with question_id "
+                                    f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    return [by_id[s.counter] for s in samples]
+
+
+def _per_image(samples: Sequence[Sample], score, desc: str, progress: bool) -> list[float]:
+    out = []
+    for sample in tqdm(samples, desc=desc, unit="img", disable=not progress):
+        with Image.open(sample.path) as im:
+            out.append(score(im.convert("RGB"), sample.prompt))
+    return out
+
+
+def _bvqa(samples: Sequence[Sample], bvqa: BlipVQA, nlp, progress: bool) -> list[float]:
+    questions: dict[str, list[str]] = {}
+
+    def score(image, prompt):
+        if prompt not in questions:
+            questions[prompt] = questions_from_phrases(c.text for c in nlp(prompt).noun_chunks)
+        return bvqa.score(image, questions[prompt])
+
+    return _per_image(samples, score, "B-VQA", progress)
+
+
 def score_category(category_dir: Path, category: str, prompts: Sequence[str] | None = None,
                    samples_per_prompt: int = 10, *, bvqa: BlipVQA | None = None, nlp=None,
                    clip: CLIPScore | None = None, official: OfficialRunner | None = None,
+                   complex_subtypes: tuple[Sequence[str], Sequence[str]] | None = None,
                    progress: bool = True) -> CategoryResult:
-    """Score every image of one category folder (refusing an incomplete one) with the category's metric."""
+    """Score every image of one category folder (refusing an incomplete one) with the category's metric.
+
+    Needs, per metric: B-VQA `bvqa` and `nlp` (spaCy); CLIPScore `clip`; the UniDet categories `official`;
+    complex (3-in-1) all of them plus `complex_subtypes` = (complex_val_spatial, complex_val_action) prompts.
+    """
     if category not in CATEGORIES:
         raise ValueError(f"unknown T2I-CompBench category {category!r}; choose one of {CATEGORIES}")
     metric = METRICS[category]
-    if metric not in IMPLEMENTED and not (official is not None and category in SCRIPTS):
+    needs = {"b-vqa": {"bvqa": bvqa, "nlp": nlp}, "clipscore": {"clip": clip}}.get(metric, {"official": official})
+    if metric == "3-in-1":
+        needs = {"bvqa": bvqa, "nlp": nlp, "clip": clip, "official": official, "complex_subtypes": complex_subtypes}
+    lacking = [name for name, value in needs.items() if value is None]
+    if "official" in lacking:
         raise NotImplementedError(f"{category} uses {metric}: pass an official runner (a T2I-CompBench checkout "
                                   "with UniDet); the native detector backend is not implemented yet")
+    if lacking:
+        raise ValueError(f"{category} ({metric}) needs {', '.join(lacking)}")
     prompts = list(prompts) if prompts is not None else prompts_in_folder(category_dir, samples_per_prompt)
     samples = check_complete(category_dir, prompts, samples_per_prompt)
-    if metric not in IMPLEMENTED:
-        by_id = official.run(category, category_dir)
-        missing = [s.counter for s in samples if s.counter not in by_id]
-        if missing:
-            raise IncompleteFolderError(f"the official {category} script scored no image with question_id "
-                                        f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        rows = [{"filename": s.path.name, "question_id": s.counter, "prompt": s.prompt, "score": by_id[s.counter]}
-                for s in samples]
-        return CategoryResult(category, f"{metric} (official)", sum(r["score"] for r in rows) / len(rows), rows)
-    if metric == "b-vqa" and (bvqa is None or nlp is None):
-        raise ValueError("B-VQA needs a BlipVQA model and a spaCy pipeline (bvqa.load_spacy())")
-    if metric == "clipscore" and clip is None:
-        raise ValueError("CLIPScore needs a CLIPScore model")
-    questions: dict[str, list[str]] = {}
-    rows = []
-    for sample in tqdm(samples, desc=f"T2I-CompBench {category}", unit="img", disable=not progress):
-        with Image.open(sample.path) as im:
-            image = im.convert("RGB")
-        if metric == "b-vqa":
-            if sample.prompt not in questions:
-                questions[sample.prompt] = questions_from_phrases(c.text for c in nlp(sample.prompt).noun_chunks)
-            score = bvqa.score(image, questions[sample.prompt])
-        else:
-            score = clip.score(image, sample.prompt)
-        rows.append({"filename": sample.path.name, "question_id": sample.counter, "prompt": sample.prompt,
-                     "score": score})
-    mean = sum(r["score"] for r in rows) / len(rows) if rows else float("nan")
-    return CategoryResult(category, metric, mean, rows)
+    if metric == "b-vqa":
+        scores = _bvqa(samples, bvqa, nlp, progress)
+    elif metric == "clipscore":
+        scores = _per_image(samples, clip.score, "CLIPScore", progress)
+    elif metric == "3-in-1":
+        attribute = _bvqa(samples, bvqa, nlp, progress)
+        spatial = _official(samples, official, "spatial", complex_mode=True)
+        text = {p: without_adjectives([(t.text, t.pos_) for t in nlp(p)]) for p in prompts}
+        clip_scores = _per_image(samples, lambda image, p: clip.score(image, text[p]), "CLIPScore", progress)
+        scores = three_in_one(prompts, attribute, spatial, clip_scores, *complex_subtypes, samples_per_prompt)
+    else:
+        scores, metric = _official(samples, official, category), f"{metric} (official)"
+    rows = [{"filename": s.path.name, "question_id": s.counter, "prompt": s.prompt, "score": v}
+            for s, v in zip(samples, scores, strict=True)]
+    return CategoryResult(category, metric, sum(scores) / len(scores) if scores else float("nan"), rows)
