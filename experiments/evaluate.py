@@ -18,7 +18,7 @@ from eval.geneval.rules import summarize
 from eval.geneval.weights import WeightsUnavailableError
 from eval.toyworld.detector import ToyDetector
 from eval.toyworld.scoring import score_folder
-from experiments import generate, provenance, resolve, tracking
+from experiments import generate, provenance, resolve, t2i_compbench_eval, tracking
 from flux158.artifacts import atomic_write, atomic_write_text, is_done
 from flux158.errors import Flux158Error
 from flux158.toyworld.scenes import BACKGROUND, PALETTE
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 DETERMINING_KEYS = [*generate.DETERMINING_KEYS, "benchmark.evaluator", "benchmark.threshold",
                     "benchmark.counting_threshold", "benchmark.detector", "benchmark.detector_checkpoint",
-                    "benchmark.clip_model", "benchmark.clip_pretrained", "benchmark.evaluator_weights"]
+                    "benchmark.clip_model", "benchmark.clip_pretrained", "benchmark.evaluator_weights",
+                    "benchmark.unidet_checkout", "benchmark.bvqa_image_size"]
 
 
 def _score(cfg: DictConfig, images: Path) -> tuple[list[dict], dict]:
@@ -52,8 +53,18 @@ def _score(cfg: DictConfig, images: Path) -> tuple[list[dict], dict]:
             return rows, {"evaluator": "geneval", **scorer.description}
         except (DetectorUnavailableError, WeightsUnavailableError, IncompleteFolderError) as e:
             raise Flux158Error(str(e)) from None
-    raise Flux158Error(f"benchmark {cfg.benchmark.name!r} has no evaluator in this version (evaluator={evaluator}); "
-                       "the GenEval and T2I-CompBench evaluators are tracked in their own issues")
+    if evaluator == "t2i_compbench":
+        try:
+            return t2i_compbench_eval.score(cfg, images)
+        except (WeightsUnavailableError, IncompleteFolderError) as e:
+            raise Flux158Error(str(e)) from None
+    raise Flux158Error(f"benchmark {cfg.benchmark.name!r} has no evaluator (evaluator={evaluator})")
+
+
+def _summary(cfg: DictConfig, rows: list[dict]) -> dict[str, float]:
+    if cfg.benchmark.get("evaluator") == "t2i_compbench":
+        return t2i_compbench_eval.summarize(rows, list(cfg.benchmark.categories or []))
+    return summarize(rows)
 
 
 def _fidelity_to_bf16(cfg: DictConfig, images: Path) -> dict | None:
@@ -80,7 +91,7 @@ def run(cfg: DictConfig) -> Path:
         log.info("evaluate: %s exists; nothing to do", out / "metrics.json")
         return out
     rows, evaluator = _score(cfg, images)
-    scores = summarize(rows)
+    scores = _summary(cfg, rows)
     fidelity = _fidelity_to_bf16(cfg, images)
     metrics = {
         "model": cfg.model.name, "quant": cfg.quant.name, "benchmark": cfg.benchmark.name,
@@ -101,7 +112,8 @@ def run(cfg: DictConfig) -> Path:
         tracker.artifact(out / "metrics.json", f"metrics-{cfg.benchmark.name}-{cfg.model.name}-{cfg.quant.name}",
                          "results", metrics)
         sample = rows[:: max(1, len(rows) // cfg.logger.get("max_images", 16))][: cfg.logger.get("max_images", 16)]
-        tracker.image_table("results", ["tag", "prompt", "correct", "reason", "image"],
-                            [[r["tag"], r["prompt"], r["correct"], r["reason"], images / r["filename"]]
+        verdict = ["score"] if "score" in (rows[0] if rows else {}) else ["correct", "reason"]
+        tracker.image_table("results", ["tag", "prompt", *verdict, "image"],
+                            [[r["tag"], r["prompt"], *(r[k] for k in verdict), images / r["filename"]]
                              for r in sample], "image")
     return out

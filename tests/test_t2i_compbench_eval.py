@@ -289,3 +289,38 @@ def test_complex_is_three_in_one_with_the_complex_mode_runner(tmp_path, small_bl
     with pytest.raises(ValueError, match="needs complex_subtypes"):
         score_category(category, "complex", prompts, 2, bvqa=small_blip, nlp=_Chunks(), clip=small_clip,
                        official=OfficialRunner(checkout, sys.executable))
+
+
+def test_experiment_t2i_compbench_scores_its_categories(compose, tmp_path, small_blip, small_clip, monkeypatch):
+    import json
+    import sys
+
+    from eval.t2i_compbench import bvqa, clipscore
+    from experiments import evaluate, generate
+    from flux158.errors import Flux158Error
+
+    checkout = _fake_checkout(tmp_path / "T2I-CompBench", "numeracy_eval.py", "annotation_num/vqa_result.json")
+    monkeypatch.setattr(bvqa.BlipVQA, "from_pretrained", classmethod(lambda cls, **kwargs: small_blip))
+    monkeypatch.setattr(bvqa, "load_spacy", lambda: _Chunks())
+    monkeypatch.setattr(clipscore.CLIPScore, "from_pretrained", classmethod(lambda cls, **kwargs: small_clip))
+    common = ["experiment=t2i_compbench", "model=tiny", "logger=none", "benchmark.limit_per_group=2",
+              "benchmark.samples_per_prompt=2", "benchmark.categories=[color,non_spatial,numeracy]"]
+    with pytest.raises(Flux158Error, match="evaluator_weights is 'random'"):  # the tiny model's images are noise
+        cfg = compose(*common)
+        generate.run(cfg)
+        evaluate.run(cfg)
+    cfg = compose(*common, "benchmark.evaluator_weights=pretrained", f"benchmark.unidet_checkout={checkout}",
+                  f"benchmark.unidet_python={sys.executable}")
+    out = evaluate.run(cfg)
+    metrics = json.loads((out / "metrics.json").read_text())
+    scores = metrics["metrics"]
+    assert set(scores) == {"color", "non_spatial", "numeracy", "average"} and metrics["num_images"] == 3 * 2 * 2
+    # the stand-in UniDet script scores the 4 numeracy files 0.25 .. 1.0
+    assert scores["numeracy"] == pytest.approx(0.625)
+    assert scores["average"] == pytest.approx((scores["color"] + scores["non_spatial"] + scores["numeracy"]) / 3)
+    rows = [json.loads(r) for r in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["metric"] for r in rows} == {"b-vqa", "clipscore", "unidet-count (official)"}
+    # without a UniDet checkout numeracy is skipped, and no average of the configured categories is claimed
+    cfg = compose(*common, "benchmark.evaluator_weights=pretrained")
+    metrics = json.loads((evaluate.run(cfg) / "metrics.json").read_text())
+    assert set(metrics["metrics"]) == {"color", "non_spatial"} and "numeracy" in metrics["evaluator"]["not_scored"]

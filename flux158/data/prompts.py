@@ -119,3 +119,11 @@ def load_prompt_set(
         parti = load_parti(get(sources.PARTI_PROMPTS))
         return parti + t2i("train", sources.T2I_COMPBENCH_CATEGORIES, prefix="t2i_compbench_train/")
     raise ValueError(f"unknown prompt set {name!r}; choose one of {PROMPT_SETS}")
+
+
+def load_complex_subtypes(cache_dir: Path, mirror_dirs: Sequence[Path] = (), offline: bool | None = None
+                          ) -> tuple[list[str], list[str]]:
+    """T2I-CompBench's complex sub-type prompt lists (complex_val_spatial, complex_val_action) for 3-in-1."""
+    return tuple(list(_read_lines(fetch(sources.t2i_compbench_complex_subtype_file(kind), cache_dir, mirror_dirs,
+                                        offline=offline)))
+                 for kind in ("spatial", "action"))

@@ -63,7 +63,24 @@ def t2i_compbench_file(category: str, split: str) -> PinnedFile:
     return PinnedFile(name, url, _T2I_SHA256[(category, split)])
 
 
+# The complex category's 3-in-1 sub-type lists (unchanged upstream since 2024; hashes from shared SOURCES.md).
+_T2I_COMPLEX_SUBTYPE_SHA256 = {
+    "spatial": "6c7ac0ab75c7c9080cfc7b421fb059b9b0febb98471707aeedf58771088abc02",
+    "action": "d49ee4c7f99e3f3379fb8704a54ff5288b83bb412971edf616a4721c2473308e",
+}
+
+
+def t2i_compbench_complex_subtype_file(kind: str) -> PinnedFile:
+    """The pinned `examples/dataset/complex_val_<kind>.txt` (kind: spatial or action) used by 3-in-1."""
+    if kind not in _T2I_COMPLEX_SUBTYPE_SHA256:
+        raise ValueError(f"unknown complex sub-type {kind!r}; choose one of {sorted(_T2I_COMPLEX_SUBTYPE_SHA256)}")
+    name = f"complex_val_{kind}.txt"
+    url = f"{_RAW}/Karine-Huang/T2I-CompBench/{T2I_COMPBENCH_COMMIT}/examples/dataset/{name}"
+    return PinnedFile(name, url, _T2I_COMPLEX_SUBTYPE_SHA256[kind])
+
+
 def all_pinned_files() -> list[PinnedFile]:
     """Every file the project may fetch, for pre-seeding a cache on an offline cluster."""
     t2i = [t2i_compbench_file(c, s) for c, s in _T2I_SHA256]
-    return [GENEVAL_METADATA, GENEVAL_OBJECT_NAMES, PARTI_PROMPTS, *t2i]
+    subtypes = [t2i_compbench_complex_subtype_file(k) for k in _T2I_COMPLEX_SUBTYPE_SHA256]
+    return [GENEVAL_METADATA, GENEVAL_OBJECT_NAMES, PARTI_PROMPTS, *t2i, *subtypes]
