@@ -3,3 +3,7 @@
 
 class IncompleteFolderError(ValueError):
     """An image folder misses prompts or samples; scoring it would bias the benchmark's averages."""
+
+
+class WeightsUnavailableError(RuntimeError):
+    """An evaluator's weights are not cached and cannot be downloaded, or their hash does not match."""

@@ -10,12 +10,12 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from eval.errors import WeightsUnavailableError
 from eval.fidelity import image_fidelity
 from eval.geneval.build import build_scorer
 from eval.geneval.detector import DetectorUnavailableError
 from eval.geneval.folder import IncompleteFolderError
 from eval.geneval.rules import summarize
-from eval.geneval.weights import WeightsUnavailableError
 from eval.toyworld.detector import ToyDetector
 from eval.toyworld.scoring import score_folder
 from experiments import generate, provenance, resolve, t2i_compbench_eval, tracking

@@ -8,15 +8,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from eval.t2i_compbench import bvqa, clipscore
 from eval.t2i_compbench.official import OfficialRunner
-from eval.t2i_compbench.scoring import CATEGORIES, METRICS, score_category
+from eval.t2i_compbench.scoring import CATEGORIES, METRICS, load_models, needs, score_category
 from experiments import resolve
 from flux158.data.prompts import load_complex_subtypes
 from flux158.errors import Flux158Error
 
 log = logging.getLogger(__name__)
-NEEDS = {"b-vqa": {"bvqa", "nlp"}, "clipscore": {"clip"}, "3-in-1": {"bvqa", "nlp", "clip", "official"}}
 
 
 def _models(cfg: DictConfig, needed: set[str], device: str) -> dict:
@@ -25,14 +23,7 @@ def _models(cfg: DictConfig, needed: set[str], device: str) -> dict:
         raise Flux158Error("T2I-CompBench scoring needs the real BLIP, CLIP and UniDet models; this model's "
                            f"evaluator_weights is {bench.evaluator_weights!r} (its images are noise). Run "
                            "stages=[generate] or set benchmark.evaluator_weights=pretrained")
-    cache = Path(cfg.paths.cache_dir) / "eval"
-    models = {}
-    if "bvqa" in needed:
-        models["bvqa"] = bvqa.BlipVQA.from_pretrained(image_size=bench.bvqa_image_size, device=device,
-                                                      cache_dir=cache)
-        models["nlp"] = bvqa.load_spacy()
-    if "clip" in needed:
-        models["clip"] = clipscore.CLIPScore.from_pretrained(device=device, cache_dir=cache)
+    models = load_models(needed, device, Path(cfg.paths.cache_dir) / "eval", bench.bvqa_image_size)
     if "official" in needed and bench.get("unidet_checkout"):
         models["official"] = OfficialRunner(Path(bench.unidet_checkout), bench.unidet_python)
     return models
@@ -47,7 +38,7 @@ def score(cfg: DictConfig, images: Path) -> tuple[list[dict], dict]:
     bench = cfg.benchmark
     categories = list(bench.categories or CATEGORIES)
     items = resolve.prompts(cfg)
-    needed = set().union(*(NEEDS.get(METRICS[c], {"official"}) for c in categories))
+    needed = needs(categories)
     _, _, device = resolve.process()
     models = _models(cfg, needed, str(device))
     mirror = cfg.paths.get("prompt_mirror")
@@ -56,7 +47,7 @@ def score(cfg: DictConfig, images: Path) -> tuple[list[dict], dict]:
     rows, skipped = [], {}
     for category in categories:
         prompts = [item.prompt for item in sorted((i for i in items if i.group == category), key=lambda i: i.index)]
-        if "official" in NEEDS.get(METRICS[category], {"official"}) and "official" not in models:
+        if "official" in needs([category]) and "official" not in models:
             skipped[category] = f"{METRICS[category]} needs benchmark.unidet_checkout (upstream UniDet)"
             log.warning("evaluate: %s not scored: %s", category, skipped[category])
             continue

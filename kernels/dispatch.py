@@ -12,7 +12,7 @@ from kernels.reference import check_act_format, ternary_linear_ref
 
 ActFormat = Optional[Literal["int8", "fp8"]]
 BACKENDS = ("auto", "triton", "unpack", "reference")
-_ACT_MODES = {None: 0, "int8": 1, "fp8": 2}
+ACT_MODES = {None: 0, "int8": 1, "fp8": 2}
 _MIN_CAPABILITY = {None: (8, 0), "int8": (8, 0), "fp8": (8, 9)}  # int8 MMA: Ampere; fp8 e4m3 MMA: Ada / Hopper
 
 
@@ -62,7 +62,7 @@ def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, b
     from kernels import ops  # imports triton and registers torch.ops.flux158
 
     x2 = x.reshape(-1, in_features).contiguous()
-    mode, n = _ACT_MODES[act], packed.shape[1]
+    mode, n = ACT_MODES[act], packed.shape[1]
     op = torch.ops.flux158.ternary_mm
     if backend == "unpack" and ops.unpacked_supported(x2.shape[0], in_features, n, mode):
         op = torch.ops.flux158.ternary_mm_unpacked

@@ -45,9 +45,8 @@ def _gemv_tuned():
 _TUNED = {} if INTERPRET else {"gemm": _gemm_tuned(), "gemv": _gemv_tuned()}
 
 
-def _flags(w_scale: torch.Tensor, bias: Optional[torch.Tensor], act_mode: int) -> dict:
-    return {"A_MODE": act_mode, "PER_CHANNEL": w_scale.numel() > 1, "HAS_BIAS": bias is not None,
-            "UPCAST": INTERPRET}
+def _epilogue_flags(w_scale: torch.Tensor, bias: Optional[torch.Tensor], act_mode: int) -> dict:
+    return {"A_MODE": act_mode, "PER_CHANNEL": w_scale.numel() > 1, "HAS_BIAS": bias is not None}
 
 
 def quantize_rows(x: torch.Tensor, act_mode: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,11 +67,12 @@ def _gemm(a, packed, w_scale, a_scale, bias, out, k, act_mode):
     if INTERPRET:
         meta = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 2 * GROUP, "GROUP_M": 2, "SWAP_AB": SWAP_AB_INTERPRETED}
         grid = (triton.cdiv(m, 32) * triton.cdiv(n, 32),)
-        wrap_triton(tk.ternary_gemm_kernel)[grid](*args, **_flags(w_scale, bias, act_mode), **meta)
+        wrap_triton(tk.ternary_gemm_kernel)[grid](*args, **_epilogue_flags(w_scale, bias, act_mode), UPCAST=True,
+                                                  **meta)
     else:
         def grid(meta):
             return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-        wrap_triton(_TUNED["gemm"])[grid](*args, **_flags(w_scale, bias, act_mode))
+        wrap_triton(_TUNED["gemm"])[grid](*args, **_epilogue_flags(w_scale, bias, act_mode), UPCAST=False)
 
 
 def _split_count(n: int, groups: int, device: torch.device) -> int:
@@ -97,11 +97,10 @@ def _gemv(a, packed, w_scale, a_scale, bias, out, k, act_mode):
         def grid(meta):
             return (triton.cdiv(n, meta["BLOCK_N"]), splits)
         wrap_triton(_TUNED["gemv"])[grid](*args, A_MODE=act_mode, UPCAST=False, BLOCK_M=GEMV_MAX_M)
-    flags = _flags(w_scale, bias, act_mode)
-    del flags["UPCAST"]
     wrap_triton(tk.splitk_epilogue_kernel)[(m, triton.cdiv(n, 256))](
         part, w_scale, a_scale, bias if bias is not None else w_scale, out, m, n, splits, part.stride(0),
-        part.stride(1), part.stride(2), out.stride(0), out.stride(1), **flags, BLOCK_N=256)
+        part.stride(1), part.stride(2), out.stride(0), out.stride(1), **_epilogue_flags(w_scale, bias, act_mode),
+        BLOCK_N=256)
 
 
 @triton_op("flux158::ternary_mm", mutates_args=())

@@ -14,28 +14,20 @@ SLAB = tl.constexpr(32)
 
 
 @triton.jit
-def _slab_dot(acc, a, p, s: tl.constexpr, A_MODE: tl.constexpr, UPCAST: tl.constexpr):
-    """acc += a (BM, 32) @ codes of slab s of the byte tile p (32, BN)."""
+def _slab_dot(acc, a, p, s: tl.constexpr, A_MODE: tl.constexpr, UPCAST: tl.constexpr, SWAP: tl.constexpr = False):
+    """acc (BM, BN) += a (BM, 32) @ the codes of slab s of the byte tile p (32, BN); with SWAP,
+    acc (BN, BM) += codes (BN, 32) @ a (32, BM), the codes being the left (register) operand."""
     c = ((p >> (2 * s)) & 3).to(tl.int8) - 1
     if A_MODE == 1:
-        acc = tl.dot(a, c, acc, out_dtype=tl.int32)
+        w, x = c, a
     elif UPCAST:
-        acc = tl.dot(a.to(tl.float32), c.to(tl.float32), acc)
+        w, x = c.to(tl.float32), a.to(tl.float32)
     else:
-        acc = tl.dot(a, c.to(tl.float32).to(a.dtype), acc)
-    return acc
-
-
-@triton.jit
-def _slab_dot_swapped(acc, a, p, s: tl.constexpr, A_MODE: tl.constexpr, UPCAST: tl.constexpr):
-    """acc (BN, BM) += codes of slab s of the byte tile p (BN, 32) @ a^T (32, BM)."""
-    c = ((p >> (2 * s)) & 3).to(tl.int8) - 1
-    if A_MODE == 1:
-        acc = tl.dot(c, a, acc, out_dtype=tl.int32)
-    elif UPCAST:
-        acc = tl.dot(c.to(tl.float32), a.to(tl.float32), acc)
+        w, x = c.to(tl.float32).to(a.dtype), a
+    if SWAP:
+        acc = tl.dot(w, x, acc, out_dtype=acc.dtype)
     else:
-        acc = tl.dot(c.to(tl.float32).to(a.dtype), a, acc)
+        acc = tl.dot(x, w, acc, out_dtype=acc.dtype)
     return acc
 
 
@@ -104,10 +96,7 @@ def ternary_gemm_kernel(a_ptr, p_ptr, w_scale_ptr, a_scale_ptr, bias_ptr, c_ptr,
                                 mask=mask_m[:, None] & (offs_k[None, :] < K), other=0)  # (BM, 32)
                 if A_MODE == 2:
                     a = a.to(tl.float8e4nv, bitcast=True)
-                if SWAP_AB:
-                    acc = _slab_dot_swapped(acc, a, p, s, A_MODE, UPCAST)
-                else:
-                    acc = _slab_dot(acc, a, p, s, A_MODE, UPCAST)
+                acc = _slab_dot(acc, a, p, s, A_MODE, UPCAST, SWAP_AB)
     if SWAP_AB:
         acc = tl.trans(acc)
     y = _epilogue(acc, offs_m, offs_n, mask_m, mask_n, w_scale_ptr, a_scale_ptr, bias_ptr, A_MODE, PER_CHANNEL,

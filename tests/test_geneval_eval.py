@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from eval.geneval.__main__ import main as geneval_cli
@@ -78,12 +79,13 @@ class _ColorWorld:
         self.texts += texts
         return torch.arange(start, start + len(texts))
 
-    def encode_text(self, ids):
+    def encode_text(self, ids, normalize=False):
         out = []
         for i in ids.tolist():
             color = next(c for c in COLORS if f" {c} " in f" {self.texts[i]} " or f" {c}-" in self.texts[i])
             out.append(torch.tensor(self.rgb[color], dtype=torch.float32) - 127.5)
-        return torch.stack(out)
+        out = torch.stack(out)
+        return F.normalize(out, dim=-1) if normalize else out
 
     def encode_image(self, x):
         return x - 127.5

@@ -139,9 +139,9 @@ def test_bvqa_image_score_is_the_rounded_product(small_blip, monkeypatch):
 @pytest.mark.parametrize(("size", "expected"), [((1024, 1024), (479, 479)), ((1024, 768), (480, 360)),
                                                 ((400, 600), (320, 480)), ((480, 470), (480, 470))])
 def test_detector_resolution_is_torchvisions_resize_479_max_480(size, expected):
-    from eval.t2i_compbench.depth import detector_size
+    from eval.t2i_compbench.depth import TO_DETECTOR_RESOLUTION
 
-    assert detector_size(*size) == expected
+    assert TO_DETECTOR_RESOLUTION(Image.new("L", size)).size == expected
 
 
 def test_depth_map_is_normalised_quantised_and_resized():

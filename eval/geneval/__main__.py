@@ -10,11 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from eval.errors import WeightsUnavailableError
 from eval.geneval.build import DETECTORS, build_scorer
 from eval.geneval.detector import DetectorUnavailableError
 from eval.geneval.folder import IncompleteFolderError
 from eval.geneval.scoring import write_results
-from eval.geneval.weights import WeightsUnavailableError
 
 
 def main(argv: list[str] | None = None) -> int:

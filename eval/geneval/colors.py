@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from eval.errors import WeightsUnavailableError
 from eval.geneval.rules import Detection
-from eval.geneval.weights import WeightsUnavailableError
 
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 TEMPLATES = ("a photo of a {c} {cls}", "a photo of a {c}-colored {cls}", "a photo of a {c} object")
@@ -59,17 +59,16 @@ class ColorClassifier:
         return torch.autocast("cuda", dtype=torch.float16) if self.device.startswith("cuda") else torch.autocast(
             "cpu", enabled=False)
 
-    @torch.no_grad()
     def class_weights(self, cls: str) -> torch.Tensor:
-        """(dim, 10) zero-shot weights for objects of class `cls`, cached."""
+        """(dim, 10) zero-shot weights for objects of class `cls` (open_clip's builder), cached."""
         if cls not in self._weights:
-            columns = []
+            from open_clip.zero_shot_classifier import build_zero_shot_classifier  # open_clip loads on first use
+
+            templates = [lambda c, t=t: t.format(c=c, cls=cls) for t in TEMPLATES]
             with self._autocast():
-                for color in COLORS:
-                    tokens = self.tokenizer([t.format(c=color, cls=cls) for t in TEMPLATES]).to(self.device)
-                    emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1).mean(dim=0)
-                    columns.append(F.normalize(emb, dim=0))
-            self._weights[cls] = torch.stack(columns, dim=1)
+                weights = build_zero_shot_classifier(self.model, self.tokenizer, COLORS, templates,
+                                                     num_classes_per_batch=None, device=self.device)
+            self._weights[cls] = weights.float()
         return self._weights[cls]
 
     @torch.no_grad()

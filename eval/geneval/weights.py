@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch.hub
 
-class WeightsUnavailableError(RuntimeError):
-    """A checkpoint is not in the cache and cannot be downloaded, or its hash does not match."""
+from eval.errors import WeightsUnavailableError
 
+__all__ = ["MASK2FORMER_SWIN_S_MMDET2", "MASK2FORMER_SWIN_S_MMDET3", "PinnedFile", "WeightsUnavailableError",
+           "default_cache_dir", "fetch", "sha256_of"]
 
 @dataclass(frozen=True)
 class PinnedFile:
@@ -50,33 +50,24 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check(path: Path, pinned: PinnedFile) -> None:
-    actual = sha256_of(path)
-    if not actual.startswith(pinned.sha256.lower()):
-        raise WeightsUnavailableError(f"{path} has sha256 {actual}, expected {pinned.sha256}...: a corrupt or "
-                                      f"different file; delete it to download {pinned.url} again")
-
-
 def fetch(pinned: PinnedFile, cache_dir: Path | None = None) -> Path:
-    """The verified local copy of `pinned` (downloaded into `cache_dir` once; `.partial` until verified)."""
+    """The verified local copy of `pinned`, downloaded into `cache_dir` once (torch.hub's downloader: a temporary
+    file, checked against the hash before it takes the final name)."""
     path = Path(cache_dir or default_cache_dir()) / pinned.filename
     if path.exists():
-        _check(path, pinned)
+        actual = sha256_of(path)
+        if not actual.startswith(pinned.sha256.lower()):
+            raise WeightsUnavailableError(f"{path} has sha256 {actual}, expected {pinned.sha256}...: a corrupt or "
+                                          f"different file; delete it to download {pinned.url} again")
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     try:
-        with urllib.request.urlopen(pinned.url, timeout=60) as response, open(partial, "wb") as f:
-            shutil.copyfileobj(response, f, length=1 << 20)
+        torch.hub.download_url_to_file(pinned.url, str(path), hash_prefix=pinned.sha256.lower(), progress=True)
+    except RuntimeError as e:  # torch.hub's hash check (the temporary file is removed)
+        raise WeightsUnavailableError(f"{pinned.url} does not match the pinned sha256, expected {pinned.sha256}...: "
+                                      f"{e}") from None
     except OSError as e:
-        partial.unlink(missing_ok=True)
         raise WeightsUnavailableError(
             f"cannot download {pinned.filename} ({e}). Fetch {pinned.url} on a machine with internet and put it at "
             f"{path} (sha256 starting {pinned.sha256}); the cache directory is set by FLUX158_EVAL_CACHE") from None
-    try:
-        _check(partial, pinned)
-    except WeightsUnavailableError:
-        partial.unlink()
-        raise
-    partial.rename(path)
     return path

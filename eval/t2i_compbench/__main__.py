@@ -9,25 +9,18 @@ import json
 import sys
 from pathlib import Path
 
-from eval.errors import IncompleteFolderError
-from eval.geneval.weights import WeightsUnavailableError
+from eval.errors import IncompleteFolderError, WeightsUnavailableError
 from eval.t2i_compbench.folder import check_complete
 from eval.t2i_compbench.official import OfficialRunner, OfficialRunnerError
-from eval.t2i_compbench.scoring import CATEGORIES, IN_ENVIRONMENT, METRICS, prompts_in_folder, score_category
-
-
-def _models(metric: str, device: str | None) -> dict:
-    if metric == "b-vqa":
-        from eval.t2i_compbench.bvqa import BlipVQA, load_spacy
-
-        return {"bvqa": BlipVQA.from_pretrained(device=device), "nlp": load_spacy()}
-    if metric == "clipscore":
-        from eval.t2i_compbench.clipscore import CLIPScore
-
-        return {"clip": CLIPScore.from_pretrained(device=device)}
-    if metric == "3-in-1":
-        return {**_models("b-vqa", device), **_models("clipscore", device)}
-    return {}
+from eval.t2i_compbench.scoring import (
+    CATEGORIES,
+    IN_ENVIRONMENT,
+    METRICS,
+    load_models,
+    needs,
+    prompts_in_folder,
+    score_category,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.category == "complex" and subtypes is None:
             raise ValueError("complex needs --complex-spatial and --complex-action (the 3-in-1 sub-type files)")
         result = score_category(args.folder, args.category, prompts, args.samples, official=official,
-                                complex_subtypes=subtypes, **_models(metric, args.device))
+                                complex_subtypes=subtypes, **load_models(needs([args.category]), args.device))
     except (IncompleteFolderError, FileNotFoundError, WeightsUnavailableError, NotImplementedError,
             OfficialRunnerError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from eval.geneval.weights import WeightsUnavailableError
+from eval.errors import WeightsUnavailableError
 
 BLIP_VQA = "Salesforce/blip-vqa-capfilt-large"
 EXCLUDED_PHRASES = ("top", "the side", "the left", "the right")

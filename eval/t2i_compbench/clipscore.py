@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from eval.geneval.weights import WeightsUnavailableError
+from eval.errors import WeightsUnavailableError
 
 CLIP_B32 = "openai/clip-vit-base-patch32"
 

@@ -12,22 +12,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision import transforms
 
-from eval.geneval.weights import WeightsUnavailableError
+from eval.errors import WeightsUnavailableError
 
 DPT_HYBRID = "Intel/dpt-hybrid-midas"
 DEPTH_INPUT = 480
 DETECTOR_SHORT, DETECTOR_MAX = 479, 480  # torchvision Resize(479, max_size=480): 1024^2 -> 479^2
 
 
-def detector_size(width: int, height: int, size: int = DETECTOR_SHORT, max_size: int = DETECTOR_MAX
-                  ) -> tuple[int, int]:
-    """(width, height) after torchvision's `Resize(size, max_size=max_size)`, the UniDet input resolution."""
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = size, int(size * long / short)
-    if new_long > max_size:
-        new_short, new_long = int(max_size * new_short / new_long), max_size
-    return (new_short, new_long) if width <= height else (new_long, new_short)
+# UniDet's input resolution, as upstream computes it: torchvision's Resize(479, max_size=480) on the PIL image
+TO_DETECTOR_RESOLUTION = transforms.Resize(DETECTOR_SHORT, max_size=DETECTOR_MAX)
 
 
 class DepthEstimator:
@@ -64,5 +59,5 @@ class DepthEstimator:
     def detector_space(self, image: Image.Image) -> np.ndarray:
         """The map as the 3D rule reads it: 8-bit (255 x depth, truncated), resized like the detector input, / 255."""
         png = Image.fromarray((255 * self.inverse_depth(image)).astype(np.uint8), mode="L")
-        resized = png.resize(detector_size(png.width, png.height), Image.BILINEAR)
+        resized = TO_DETECTOR_RESOLUTION(png)
         return np.asarray(resized, dtype=np.float64) / 255.0

@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
+import eval.t2i_compbench.bvqa as vqa
 from eval.errors import IncompleteFolderError
 from eval.t2i_compbench.bvqa import BlipVQA, questions_from_phrases
 from eval.t2i_compbench.clipscore import CLIPScore
@@ -29,6 +30,26 @@ CATEGORIES = ("color", "shape", "texture", "spatial", "3d_spatial", "non_spatial
 METRICS = {"color": "b-vqa", "shape": "b-vqa", "texture": "b-vqa", "non_spatial": "clipscore",
            "spatial": "unidet-2d", "3d_spatial": "unidet-3d", "numeracy": "unidet-count", "complex": "3-in-1"}
 IN_ENVIRONMENT = ("b-vqa", "clipscore")  # the others need the official UniDet runner
+# what each metric needs: in-environment models and/or the official runner
+NEEDS = {"b-vqa": {"bvqa", "nlp"}, "clipscore": {"clip"}, "unidet-2d": {"official"}, "unidet-3d": {"official"},
+         "unidet-count": {"official"}, "3-in-1": {"bvqa", "nlp", "clip", "official"}}
+
+
+def needs(categories: Sequence[str]) -> set[str]:
+    """The models and runner that scoring `categories` needs."""
+    return set().union(*(NEEDS[METRICS[c]] for c in categories))
+
+
+def load_models(needed: set[str], device: str | None = None, cache_dir: Path | None = None,
+                bvqa_image_size: int = 480) -> dict:
+    """The in-environment models among `needed`, loaded once (the official runner is the caller's)."""
+    models = {}
+    if "bvqa" in needed:
+        models["bvqa"] = vqa.BlipVQA.from_pretrained(image_size=bvqa_image_size, device=device, cache_dir=cache_dir)
+        models["nlp"] = vqa.load_spacy()
+    if "clip" in needed:
+        models["clip"] = CLIPScore.from_pretrained(device=device, cache_dir=cache_dir)
+    return models
 
 
 @dataclass
@@ -89,10 +110,9 @@ def score_category(category_dir: Path, category: str, prompts: Sequence[str] | N
     if category not in CATEGORIES:
         raise ValueError(f"unknown T2I-CompBench category {category!r}; choose one of {CATEGORIES}")
     metric = METRICS[category]
-    needs = {"b-vqa": {"bvqa": bvqa, "nlp": nlp}, "clipscore": {"clip": clip}}.get(metric, {"official": official})
-    if metric == "3-in-1":
-        needs = {"bvqa": bvqa, "nlp": nlp, "clip": clip, "official": official, "complex_subtypes": complex_subtypes}
-    lacking = [name for name, value in needs.items() if value is None]
+    given = {"bvqa": bvqa, "nlp": nlp, "clip": clip, "official": official, "complex_subtypes": complex_subtypes}
+    wanted = NEEDS[metric] | ({"complex_subtypes"} if metric == "3-in-1" else set())
+    lacking = sorted(name for name in wanted if given[name] is None)
     if "official" in lacking:
         raise NotImplementedError(f"{category} uses {metric}: pass an official runner (a T2I-CompBench checkout "
                                   "with UniDet); the native detector backend is not implemented yet")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.dispatch import ternary_linear
+from kernels.dispatch import ACT_MODES, ternary_linear
 from kernels.layout import pack_ternary
 from kernels.reference import ternary_linear_ref
 
@@ -20,18 +20,19 @@ class Method:
     weight_bytes: float  # per weight, for the roofline
     act_bytes: float  # per activation element read by the GEMM
     peak: str  # which peak rate bounds it: bf16, int8 or fp8
-    act: str | None  # activation format of its ternary reference (None for bf16)
+    act: str | None  # activation format (None: 16-bit)
+    backend: str  # cublas (the BF16 baseline), or the `kernels.ternary_linear` backend: triton or unpack
 
 
-METHODS = {
-    "bf16": Method("bf16", 2, 2, "bf16", None),
-    "unpack_bf16": Method("unpack_bf16", 0.25, 2, "bf16", None),
-    "w2a16": Method("w2a16", 0.25, 2, "bf16", None),
-    "unpack_int8": Method("unpack_int8", 0.25, 1, "int8", "int8"),
-    "w158a8_int8": Method("w158a8_int8", 0.25, 1, "int8", "int8"),
-    "unpack_fp8": Method("unpack_fp8", 0.25, 1, "fp8", "fp8"),
-    "w158a8_fp8": Method("w158a8_fp8", 0.25, 1, "fp8", "fp8"),
-}
+METHODS = {m.name: m for m in (
+    Method("bf16", 2, 2, "bf16", None, "cublas"),
+    Method("unpack_bf16", 0.25, 2, "bf16", None, "unpack"),
+    Method("w2a16", 0.25, 2, "bf16", None, "triton"),
+    Method("unpack_int8", 0.25, 1, "int8", "int8", "unpack"),
+    Method("w158a8_int8", 0.25, 1, "int8", "int8", "triton"),
+    Method("unpack_fp8", 0.25, 1, "fp8", "fp8", "unpack"),
+    Method("w158a8_fp8", 0.25, 1, "fp8", "fp8", "triton"),
+)}
 
 
 @dataclass
@@ -71,17 +72,15 @@ def build(name: str, p: Problem) -> Callable[[], torch.Tensor]:
     """A zero-argument callable for method `name` on problem `p` (raises if the method cannot run this shape)."""
     from kernels import ops
 
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+    method = METHODS[name]
     n, k, rotate = p.packed[0].shape[1], p.k, len(p.packed)
     x, scale, bias = p.x, p.scale, p.bias
-    if name == "bf16":
+    if method.backend == "cublas":
         weights = [torch.randn(n, k, device=x.device, dtype=torch.bfloat16) * 0.02 for _ in range(rotate)]
         return _rotating(rotate, lambda i: F.linear(x, weights[i], bias))
-    fused = {"w2a16": None, "w158a8_int8": "int8", "w158a8_fp8": "fp8"}
-    unpacked = {"unpack_bf16": None, "unpack_int8": "int8", "unpack_fp8": "fp8"}
-    if name in fused:
-        return _rotating(rotate, lambda i: ternary_linear(x, p.packed[i], scale, bias, k, fused[name], "triton"))
-    if name in unpacked:  # the layer-wise unpack baseline (`ternary_mm_unpacked`)
-        if not ops.unpacked_supported(x.shape[0], k, n, {None: 0, "int8": 1, "fp8": 2}[unpacked[name]]):
-            raise ValueError(f"{name} cannot run M={x.shape[0]}, K={k}, N={n} (e.g. torch._int_mm needs M > 16)")
-        return _rotating(rotate, lambda i: ternary_linear(x, p.packed[i], scale, bias, k, unpacked[name], "unpack"))
-    raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+    # the unpack backend falls back to the fused kernels where the library GEMM refuses a shape: report that instead
+    if method.backend == "unpack" and not ops.unpacked_supported(x.shape[0], k, n, ACT_MODES[method.act]):
+        raise ValueError(f"{name} cannot run M={x.shape[0]}, K={k}, N={n} (e.g. torch._int_mm needs M > 16)")
+    return _rotating(rotate, lambda i: ternary_linear(x, p.packed[i], scale, bias, k, method.act, method.backend))
