@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 DETERMINING_KEYS = [*generate.DETERMINING_KEYS, "benchmark.evaluator", "benchmark.threshold",
                     "benchmark.counting_threshold", "benchmark.detector", "benchmark.detector_checkpoint",
                     "benchmark.clip_model", "benchmark.clip_pretrained", "benchmark.evaluator_weights",
-                    "benchmark.unidet_checkout", "benchmark.bvqa_image_size"]
+                    "benchmark.official_checkout", "benchmark.bvqa_image_size", "benchmark.metrics",
+                    "benchmark.judge", "benchmark.judge_model", "benchmark.detector_model"]
 
 
 def _score(cfg: DictConfig, images: Path) -> tuple[list[dict], dict]:

@@ -6,58 +6,78 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from eval.t2i_compbench.official import OfficialRunner
-from eval.t2i_compbench.scoring import CATEGORIES, METRICS, load_models, needs, score_category
+from eval.t2i_compbench.scoring import CATEGORIES, ModelSettings, Protocol, load_models, score_category
 from experiments import resolve
-from flux158.data.prompts import load_complex_subtypes
+from flux158.data.prompts import load_complex_subtypes, load_numeracy_objects, load_unidet_labels
 from flux158.errors import Flux158Error
 
 log = logging.getLogger(__name__)
 
 
-def _models(cfg: DictConfig, needed: set[str], device: str) -> dict:
+def protocol(cfg: DictConfig) -> Protocol:
+    bench = cfg.benchmark
+    return Protocol(OmegaConf.to_container(bench.metrics), bench.detector, bench.judge)
+
+
+def _data(cfg: DictConfig, needed: set[str], chosen: Protocol) -> tuple[dict, list[str]]:
+    """The pinned text data the needed models use: complex sub-types, numeracy objects, UniDet labels."""
+    mirror = cfg.paths.get("prompt_mirror")
+    where = (Path(cfg.paths.data_dir), [Path(mirror)] if mirror else [])
+    data = {}
+    if "complex_subtypes" in needed:
+        data["complex_subtypes"] = load_complex_subtypes(*where)
+    if "numeracy_objects" in needed:
+        data["numeracy_objects"] = load_numeracy_objects(*where)
+    labels = load_unidet_labels(*where) if "detector" in needed and chosen.detector == "native" else []
+    return data, labels
+
+
+def _models(cfg: DictConfig, needed: set[str], chosen: Protocol, labels: list[str], device: str) -> dict:
     bench = cfg.benchmark
     if bench.evaluator_weights != "pretrained":
-        raise Flux158Error("T2I-CompBench scoring needs the real BLIP, CLIP and UniDet models; this model's "
+        raise Flux158Error("T2I-CompBench scoring needs the real BLIP, CLIP, UniDet and judge models; this model's "
                            f"evaluator_weights is {bench.evaluator_weights!r} (its images are noise). Run "
                            "stages=[generate] or set benchmark.evaluator_weights=pretrained")
-    models = load_models(needed, device, Path(cfg.paths.cache_dir) / "eval", bench.bvqa_image_size)
-    if "official" in needed and bench.get("unidet_checkout"):
-        models["official"] = OfficialRunner(Path(bench.unidet_checkout), bench.unidet_python)
-    return models
+    settings = ModelSettings(device=device, cache_dir=Path(cfg.paths.cache_dir) / "eval",
+                             bvqa_image_size=bench.bvqa_image_size,
+                             official_checkout=Path(bench.official_checkout) if bench.official_checkout else None,
+                             unidet_python=bench.unidet_python, judge_python=bench.judge_python,
+                             judge_model=bench.judge_model, detector_model=bench.detector_model, labels=labels)
+    return load_models(needed, chosen, settings)
 
 
 def score(cfg: DictConfig, images: Path) -> tuple[list[dict], dict]:
     """One row per image (`tag` = category, `score`) over the configured categories, and what scored them.
 
-    A category whose metric needs UniDet is skipped with a warning when `benchmark.unidet_checkout` is unset;
-    `summarize` then leaves the average of 8 out.
+    A category whose official runner (UniDet or the S-CoT script) is unavailable, because
+    `benchmark.official_checkout` is unset, is skipped with a warning; `summarize` then leaves the average out.
     """
     bench = cfg.benchmark
     categories = list(bench.categories or CATEGORIES)
+    chosen = protocol(cfg)
     items = resolve.prompts(cfg)
-    needed = needs(categories)
+    needed = chosen.needs(categories)
     _, _, device = resolve.process()
-    models = _models(cfg, needed, str(device))
-    mirror = cfg.paths.get("prompt_mirror")
-    subtypes = load_complex_subtypes(Path(cfg.paths.data_dir), [Path(mirror)] if mirror else []) if (
-        "complex" in categories) else None
+    data, labels = _data(cfg, needed, chosen)
+    models = {**_models(cfg, needed - set(data), chosen, labels, str(device)), **data}
     rows, skipped = [], {}
     for category in categories:
         prompts = [item.prompt for item in sorted((i for i in items if i.group == category), key=lambda i: i.index)]
-        if "official" in needs([category]) and "official" not in models:
-            skipped[category] = f"{METRICS[category]} needs benchmark.unidet_checkout (upstream UniDet)"
+        lacking = chosen.needs([category]) - set(models)
+        if lacking:
+            skipped[category] = (f"{chosen.label(category)} needs benchmark.official_checkout (upstream's "
+                                 f"{' and '.join(sorted(lacking))} scripts)")
             log.warning("evaluate: %s not scored: %s", category, skipped[category])
             continue
-        result = score_category(images / category, category, prompts, bench.samples_per_prompt,
-                                complex_subtypes=subtypes, **models)
+        result = score_category(images / category, category, prompts, bench.samples_per_prompt, protocol=chosen,
+                                **{k: v for k, v in models.items() if k in chosen.needs([category])})
         log.info("evaluate: %s (%s) %.4f over %d images", category, result.metric, result.score, len(result.rows))
         rows += [{"filename": f"{category}/samples/{r['filename']}", "tag": category, "prompt": r["prompt"],
                   "score": r["score"], "metric": result.metric} for r in result.rows]
     return rows, {"evaluator": "t2i_compbench", "not_scored": skipped,
-                  "metrics": {c: METRICS[c] for c in categories}}
+                  "metrics": {c: chosen.label(c) for c in categories}}
 
 
 def summarize(rows: list[dict], categories: list[str]) -> dict[str, float]:

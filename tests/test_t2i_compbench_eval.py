@@ -179,7 +179,7 @@ class _Chunks:
 
 
 def test_score_category_with_bvqa_and_clipscore(tmp_path, small_blip, small_clip, monkeypatch):
-    from eval.t2i_compbench.scoring import score_category
+    from eval.t2i_compbench.scoring import CLASSIC_METRICS, Protocol, score_category
 
     category = tmp_path / "color"
     _write(category, [f"a green bench and a blue car_{k:06d}.png" for k in range(2)]
@@ -192,9 +192,12 @@ def test_score_category_with_bvqa_and_clipscore(tmp_path, small_blip, small_clip
     assert [r["score"] for r in result.rows] == [0.25, 0.25, 0.5, 0.5] and result.score == pytest.approx(0.375)
     assert (result.metric, [r["question_id"] for r in result.rows]) == ("b-vqa", [0, 1, 2, 3])
 
-    clip_result = score_category(category, "non_spatial", samples_per_prompt=2, clip=small_clip, progress=False)
+    clip_result = score_category(category, "non_spatial", samples_per_prompt=2, clip=small_clip, progress=False,
+                                 protocol=Protocol(CLASSIC_METRICS))
     assert clip_result.metric == "clipscore" and len(clip_result.rows) == 4
-    with pytest.raises(NotImplementedError, match="official runner"):
+    with pytest.raises(ValueError, match=r"non_spatial \(s-cot \(official\)\) needs judge"):  # the paper's default
+        score_category(category, "non_spatial", samples_per_prompt=2, clip=small_clip)
+    with pytest.raises(ValueError, match="needs detector"):
         score_category(category, "numeracy", samples_per_prompt=2)
     with pytest.raises(IncompleteFolderError):
         score_category(category, "color", ["a green bench and a blue car", "a blue bench", "a cat"], 2,
@@ -207,7 +210,9 @@ def test_cli_refuses_what_it_cannot_score(tmp_path, capsys):
     category = tmp_path / "spatial"
     _write(category, ["a dog on the left of a cat_000000.png"])
     assert main([str(category), "--category", "spatial", "--samples", "1"]) == 2
-    assert "pass --unidet-checkout" in capsys.readouterr().err
+    assert "needs --official-checkout or --detector native" in capsys.readouterr().err
+    assert main([str(category), "--category", "spatial", "--metric", "clipscore"]) == 2
+    assert "spatial is scored with one of ('unidet-2d', 's-cot'), not 'clipscore'" in capsys.readouterr().err
     assert main([str(tmp_path / "nothing"), "--category", "color"]) == 2
     assert "does not exist" in capsys.readouterr().err
     color = tmp_path / "color"
@@ -253,7 +258,7 @@ def test_official_runner_runs_the_upstream_script_and_reads_its_results(tmp_path
     (category / "annotation_num").mkdir()
     (category / "annotation_num" / "vqa_result.json").write_text("[]")  # stale: must be replaced
     runner = OfficialRunner(checkout, sys.executable)
-    result = score_category(category, "numeracy", samples_per_prompt=2, official=runner, progress=False)
+    result = score_category(category, "numeracy", samples_per_prompt=2, detector=runner, progress=False)
     # the fake scores files in name order ("three cats" first); rows follow question_id, not file order
     assert [r["score"] for r in result.rows] == [0.75, 1.0, 0.25, 0.5] and result.score == pytest.approx(0.625)
     assert result.metric == "unidet-count (official)"
@@ -268,7 +273,7 @@ def test_complex_is_three_in_one_with_the_complex_mode_runner(tmp_path, small_bl
     import sys
 
     from eval.t2i_compbench.official import OfficialRunner
-    from eval.t2i_compbench.scoring import score_category
+    from eval.t2i_compbench.scoring import CLASSIC_METRICS, Protocol, score_category
 
     checkout = _fake_checkout(tmp_path / "T2I-CompBench", "2D_spatial_eval.py",
                               "labels/annotation_obj_detection_2d/vqa_result.json")
@@ -279,16 +284,18 @@ def test_complex_is_three_in_one_with_the_complex_mode_runner(tmp_path, small_bl
     monkeypatch.setattr(type(small_blip), "yes_probabilities", lambda self, image, qs: [0.5] * len(qs))
     texts = []
     monkeypatch.setattr(type(small_clip), "score", lambda self, image, text: texts.append(text) or 0.3)
-    result = score_category(category, "complex", prompts, 2, bvqa=small_blip, nlp=_Chunks(), clip=small_clip,
-                            official=OfficialRunner(checkout, sys.executable),
+    classic = Protocol(CLASSIC_METRICS)
+    result = score_category(category, "complex", prompts, 2, protocol=classic, bvqa=small_blip, nlp=_Chunks(),
+                            clip=small_clip, detector=OfficialRunner(checkout, sys.executable),
                             complex_subtypes=([prompts[0]], [prompts[1]]), progress=False)
     # fake 2D scores by file name order: "a man..." files get 0.25, 0.5, "a red cup..." files 0.75, 1.0
     # spatial prompt: (2D + attribute 0.5) / 2; action prompt: (CLIP 0.3 + attribute 0.5) / 2
     assert [r["score"] for r in result.rows] == pytest.approx([0.625, 0.75, 0.4, 0.4])
     assert texts[0] == "a cup on the left of a book"  # adjectives dropped for CLIP in complex mode
+    assert result.metric == "3-in-1 (2D official)"
     with pytest.raises(ValueError, match="needs complex_subtypes"):
-        score_category(category, "complex", prompts, 2, bvqa=small_blip, nlp=_Chunks(), clip=small_clip,
-                       official=OfficialRunner(checkout, sys.executable))
+        score_category(category, "complex", prompts, 2, protocol=classic, bvqa=small_blip, nlp=_Chunks(),
+                       clip=small_clip, detector=OfficialRunner(checkout, sys.executable))
 
 
 def test_experiment_t2i_compbench_scores_its_categories(compose, tmp_path, small_blip, small_clip, monkeypatch):
@@ -304,12 +311,13 @@ def test_experiment_t2i_compbench_scores_its_categories(compose, tmp_path, small
     monkeypatch.setattr(bvqa, "load_spacy", lambda: _Chunks())
     monkeypatch.setattr(clipscore.CLIPScore, "from_pretrained", classmethod(lambda cls, **kwargs: small_clip))
     common = ["experiment=t2i_compbench", "model=tiny", "logger=none", "benchmark.limit_per_group=2",
-              "benchmark.samples_per_prompt=2", "benchmark.categories=[color,non_spatial,numeracy]"]
+              "benchmark.samples_per_prompt=2", "benchmark.categories=[color,non_spatial,numeracy]",
+              "benchmark.metrics.non_spatial=clipscore"]
     with pytest.raises(Flux158Error, match="evaluator_weights is 'random'"):  # the tiny model's images are noise
         cfg = compose(*common)
         generate.run(cfg)
         evaluate.run(cfg)
-    cfg = compose(*common, "benchmark.evaluator_weights=pretrained", f"benchmark.unidet_checkout={checkout}",
+    cfg = compose(*common, "benchmark.evaluator_weights=pretrained", f"benchmark.official_checkout={checkout}",
                   f"benchmark.unidet_python={sys.executable}")
     out = evaluate.run(cfg)
     metrics = json.loads((out / "metrics.json").read_text())

@@ -151,3 +151,24 @@ def test_three_in_one_picks_the_formula_by_sub_type():
     with pytest.raises(ValueError, match="needs 6 scores"):
         three_in_one(prompts, attribute[:5], spatial, clip, [], [], samples_per_prompt=2)
     assert without_adjectives([("a", "DET"), ("brown", "ADJ"), ("dog", "NOUN"), (",", "PUNCT")]) == "a dog ,"
+
+
+def _parse(tagged: str) -> list[tuple[str, str]]:
+    return [tuple(word.split("/")) for word in tagged.split()]
+
+
+@pytest.mark.parametrize(("tagged", "expected"), [
+    # "on top of" spans three tokens; the NOUN "top" inside it is not an object
+    ("a/DET red/ADJ book/NOUN on/ADP top/NOUN of/ADP a/DET wooden/ADJ table/NOUN", ("book", "table")),
+    # two prepositions find four objects: not exactly two, so none
+    ("a/DET cat/NOUN near/ADP a/DET dog/NOUN next/ADV to/ADP a/DET tree/NOUN", (None, None)),
+    # no NOUN after: the first PROPN not followed by a PROPN (never the last token)
+    ("a/DET statue/NOUN near/ADP Paris/PROPN ./PUNCT", ("statue", "Paris")),
+    ("a/DET dog/NOUN near/ADP Big/PROPN Ben/PROPN", (None, None)),
+    # the nearest NOUN or PROPN before the preposition
+    ("John/PROPN stands/VERB on/ADP the/DET left/NOUN of/ADP a/DET car/NOUN", ("John", "car")),
+])
+def test_complex_mode_objects_around_prepositions(tagged, expected):
+    from eval.t2i_compbench.rules import objects_around_prepositions
+
+    assert objects_around_prepositions(_parse(tagged)) == expected

@@ -6,58 +6,88 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from eval.errors import IncompleteFolderError, WeightsUnavailableError
 from eval.t2i_compbench.folder import check_complete
-from eval.t2i_compbench.official import OfficialRunner, OfficialRunnerError
+from eval.t2i_compbench.official import OfficialRunnerError
 from eval.t2i_compbench.scoring import (
+    BACKENDS,
     CATEGORIES,
-    IN_ENVIRONMENT,
-    METRICS,
+    METRIC_CHOICES,
+    ModelSettings,
+    Protocol,
     load_models,
-    needs,
     prompts_in_folder,
     score_category,
 )
+from flux158.data.prompts import load_numeracy_objects, load_unidet_labels
+from flux158.errors import PromptDataError
+
+_DATA_DIR = Path(os.environ.get("FLUX158_DATA_DIR", Path.home() / ".cache" / "flux158" / "data"))
+_MIRRORS = [Path(os.environ["FLUX158_PROMPT_MIRROR"])] if os.environ.get("FLUX158_PROMPT_MIRROR") else []
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m eval.t2i_compbench", description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path, help="the category folder (holding samples/)")
     ap.add_argument("--category", required=True, choices=CATEGORIES)
+    ap.add_argument("--metric", choices=sorted({m for ms in METRIC_CHOICES.values() for m in ms}),
+                    help="default: the paper's (S-CoT for non_spatial and complex)")
     ap.add_argument("--prompts", type=Path, help="the category's prompt file (default: prompts read from file names)")
     ap.add_argument("--samples", type=int, default=10, help="images per prompt")
     ap.add_argument("--out", type=Path, help="output directory (default <folder>/t2i_compbench)")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--unidet-checkout", type=Path,
-                    help="a T2I-CompBench checkout with UniDet set up: scores spatial, 3d_spatial and numeracy")
-    ap.add_argument("--unidet-python", default="python", help="the python of that checkout's environment")
+    ap.add_argument("--detector", choices=BACKENDS, default="official",
+                    help="UniDet categories: upstream's scripts (needs --official-checkout) or native (OWLv2 over "
+                         "UniDet's 722 names; an approximation)")
+    ap.add_argument("--judge", choices=BACKENDS, default="official",
+                    help="S-CoT: upstream's ShareGPT4V-CoT script or native (a LLaVA-format --judge-model)")
+    ap.add_argument("--official-checkout", "--unidet-checkout", type=Path, dest="checkout",
+                    help="a T2I-CompBench checkout with UniDet (and for S-CoT, ShareGPT4V-CoT) set up")
+    ap.add_argument("--unidet-python", default="python", help="the python of the checkout's UniDet environment")
+    ap.add_argument("--judge-python", default="python", help="the python of the checkout's ShareGPT4V environment")
+    ap.add_argument("--judge-model", help="native S-CoT: a LLaVA-format (HF) conversion of Lin-Chen/ShareGPT4V-7B")
+    ap.add_argument("--detector-model", help="native detector: an OWLv2 checkpoint (default the base ensemble)")
     ap.add_argument("--complex-spatial", type=Path, help="complex: complex_val_spatial.txt (3-in-1 sub-types)")
     ap.add_argument("--complex-action", type=Path, help="complex: complex_val_action.txt")
-    args = ap.parse_args(argv)
-    subtypes = None
-    if args.complex_spatial and args.complex_action:
-        subtypes = tuple([line for line in f.read_text().splitlines() if line.strip()]
-                         for f in (args.complex_spatial, args.complex_action))
-    metric = METRICS[args.category]
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     prompts = None
     if args.prompts:
         prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
-    official = OfficialRunner(args.unidet_checkout, args.unidet_python) if args.unidet_checkout else None
     try:
-        if metric not in IN_ENVIRONMENT and official is None:
-            raise NotImplementedError(f"{args.category} uses {metric}: pass --unidet-checkout (the native detector "
-                                      "backend is not implemented yet)")
+        protocol = Protocol({args.category: args.metric} if args.metric else {}, args.detector, args.judge)
+        needed = protocol.needs([args.category])
+        if "complex_subtypes" in needed and not (args.complex_spatial and args.complex_action):
+            raise ValueError("3-in-1 needs --complex-spatial and --complex-action (the sub-type files)")
+        official = {"detector": args.detector, "judge": args.judge}
+        for name in ("detector", "judge"):
+            if name in needed and official[name] == "official" and args.checkout is None:
+                raise ValueError(f"{args.category} ({protocol.label(args.category)}) needs --official-checkout "
+                                 f"or --{name} native")
         prompts = prompts if prompts is not None else prompts_in_folder(args.folder, args.samples)
         check_complete(args.folder, prompts, args.samples)  # before any model download
-        if args.category == "complex" and subtypes is None:
-            raise ValueError("complex needs --complex-spatial and --complex-action (the 3-in-1 sub-type files)")
-        result = score_category(args.folder, args.category, prompts, args.samples, official=official,
-                                complex_subtypes=subtypes, **load_models(needs([args.category]), args.device))
-    except (IncompleteFolderError, FileNotFoundError, WeightsUnavailableError, NotImplementedError,
-            OfficialRunnerError, ValueError) as e:
+        extra = {}
+        if "complex_subtypes" in needed:
+            extra["complex_subtypes"] = tuple([line for line in f.read_text().splitlines() if line.strip()]
+                                              for f in (args.complex_spatial, args.complex_action))
+        if "numeracy_objects" in needed:
+            extra["numeracy_objects"] = load_numeracy_objects(_DATA_DIR, _MIRRORS)
+        labels = load_unidet_labels(_DATA_DIR, _MIRRORS) if "detector" in needed and args.detector == "native" else ()
+        settings = ModelSettings(device=args.device, official_checkout=args.checkout, unidet_python=args.unidet_python,
+                                 judge_python=args.judge_python, judge_model=args.judge_model,
+                                 detector_model=args.detector_model, labels=labels)
+        models = load_models(needed - set(extra), protocol, settings)
+        result = score_category(args.folder, args.category, prompts, args.samples, protocol=protocol,
+                                **models, **extra)
+    except (IncompleteFolderError, FileNotFoundError, WeightsUnavailableError, OfficialRunnerError, ValueError,
+            PromptDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or args.folder / "t2i_compbench"

@@ -213,3 +213,32 @@ def first_and_last_noun(tokens: Sequence[tuple[str, str]]) -> tuple[str, str]:
     if not nouns:
         raise ValueError(f"no noun in {' '.join(t for t, _ in tokens)!r}")
     return nouns[0], nouns[-1]
+
+
+COMPLEX_PREPOSITIONS = ("on top of", "on bottom of", "on the left", "on the right", "next to", "on side of", "near")
+
+
+def objects_around_prepositions(tokens: Sequence[tuple[str, str]]) -> tuple[str | None, str | None]:
+    """The 2D objects of a complex prompt (3-in-1's complex mode), from spaCy's (text, pos_) pairs.
+
+    At every preposition of `COMPLEX_PREPOSITIONS` (matched as a 3-, 2- or 1-token span): the nearest NOUN or PROPN
+    before it, and after it the first NOUN, or when no NOUN follows, the first PROPN not followed by another PROPN
+    (never the last token). Exactly two objects over the whole prompt give (obj1, obj2); anything else (None, None).
+    """
+    texts = [t for t, _ in tokens]
+    pos = [p for _, p in tokens]
+    objects: list[str] = []
+    for i in range(len(tokens)):
+        width = next((k for k in (3, 2, 1) if " ".join(texts[i:i + k]) in COMPLEX_PREPOSITIONS), None)
+        if width is None:
+            continue
+        before = next((texts[j] for j in range(i - 1, -1, -1) if pos[j] in ("NOUN", "PROPN")), None)
+        if before is not None:
+            objects.append(before)
+        after = next((texts[j] for j in range(i + width, len(tokens)) if pos[j] == "NOUN"), None)
+        if after is None:
+            after = next((texts[j] for j in range(i + width, len(tokens) - 1)
+                          if pos[j] == "PROPN" and pos[j + 1] != "PROPN"), None)
+        if after is not None:
+            objects.append(after)
+    return (objects[0], objects[1]) if len(objects) == 2 else (None, None)

@@ -12,7 +12,8 @@ import logging
 import os
 import shutil
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flux158.errors import PromptDataError
@@ -22,11 +23,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PinnedFile:
-    """A remote file identified by its content: `url` at a fixed commit and the `sha256` of its bytes."""
+    """A remote file identified by its content: `url` at a fixed commit and the `sha256` of its bytes.
+
+    With `derive`, the file is computed from the download (e.g. text read out of a weights-only torch pickle) and
+    `sha256` is that of the derived bytes.
+    """
 
     filename: str
     url: str
     sha256: str
+    derive: Callable[[Path], bytes] | None = field(default=None, compare=False, repr=False)
 
     def cache_path(self, cache_dir: Path) -> Path:
         return cache_dir / self.sha256 / self.filename
@@ -69,6 +75,8 @@ def _download(pinned: PinnedFile, cache_dir: Path, timeout_s: float) -> Path:
     try:
         with urllib.request.urlopen(pinned.url, timeout=timeout_s) as response, tmp.open("wb") as f:
             shutil.copyfileobj(response, f)
+        if pinned.derive is not None:
+            tmp.write_bytes(pinned.derive(tmp))
         digest = sha256_of(tmp)
         if digest != pinned.sha256:
             raise PromptDataError(

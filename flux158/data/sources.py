@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flux158.data.pinned import PinnedFile
 
 GENEVAL_COMMIT = "af4902f24d3ca90ebbb446dd9891a59e0f82725f"
@@ -79,8 +81,36 @@ def t2i_compbench_complex_subtype_file(kind: str) -> PinnedFile:
     return PinnedFile(name, url, _T2I_COMPLEX_SUBTYPE_SHA256[kind])
 
 
+# The evaluators' vocabularies, at the commit shared/benchmarks/SOURCES.md records (unchanged since 2024-03).
+T2I_COMPBENCH_EVAL_COMMIT = "1b7094991a57f3c22abdd4f6e8ba6c1a15517073"
+# numeracy's object list: "singular - plural" per line
+T2I_NUMERACY_OBJECTS = PinnedFile(
+    "new_objects.txt",
+    f"{_RAW}/Karine-Huang/T2I-CompBench/{T2I_COMPBENCH_EVAL_COMMIT}/examples/dataset/new_objects.txt",
+    "f39a3d2ff6067d7738673cbf465dc659ccc750776162989a5d9916f1d5f3e231",
+)
+# UniDet's 722 class names, one per line in class-id order. Upstream ships them inside a torch pickle
+# (`UniDet_eval/dataset/detection_features.pt`, key "labels"); `url` is that pickle, `sha256` the derived text's.
+def _labels_from_detection_features(pickle: Path) -> bytes:
+    import torch
+
+    # weights_only: the restricted unpickler (tensors, lists, strings), never arbitrary code
+    labels = torch.load(pickle, map_location="cpu", weights_only=True)["labels"]
+    return "".join(f"{label}\n" for label in labels).encode()
+
+
+UNIDET_LABELS = PinnedFile(
+    "unidet_detection_features_labels_722.txt",
+    f"https://github.com/Karine-Huang/T2I-CompBench/raw/{T2I_COMPBENCH_EVAL_COMMIT}/UniDet_eval/dataset/"
+    "detection_features.pt",
+    "ecc3b55237c9fc053a3c59faba3a6b69d7f90b5efe5e611520cbd83755efdd5c",
+    derive=_labels_from_detection_features,
+)
+
+
 def all_pinned_files() -> list[PinnedFile]:
     """Every file the project may fetch, for pre-seeding a cache on an offline cluster."""
     t2i = [t2i_compbench_file(c, s) for c, s in _T2I_SHA256]
     subtypes = [t2i_compbench_complex_subtype_file(k) for k in _T2I_COMPLEX_SUBTYPE_SHA256]
-    return [GENEVAL_METADATA, GENEVAL_OBJECT_NAMES, PARTI_PROMPTS, *t2i, *subtypes]
+    return [GENEVAL_METADATA, GENEVAL_OBJECT_NAMES, PARTI_PROMPTS, *t2i, *subtypes, T2I_NUMERACY_OBJECTS,
+            UNIDET_LABELS]
