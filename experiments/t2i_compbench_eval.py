@@ -4,21 +4,29 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from eval.t2i_compbench.scoring import CATEGORIES, ModelSettings, Protocol, load_models, score_category
+from eval.t2i_compbench.tiny import tiny_models
+from eval.t2i_compbench.vocabulary import read_numeracy_objects, read_unidet_labels
 from experiments import resolve
-from flux158.data.prompts import load_complex_subtypes, load_numeracy_objects, load_unidet_labels
+from flux158.data import sources
+from flux158.data.pinned import fetch
+from flux158.data.prompts import load_complex_subtypes
 from flux158.errors import Flux158Error
 
 log = logging.getLogger(__name__)
 
 
 def protocol(cfg: DictConfig) -> Protocol:
+    """The configured metrics and backends; with random evaluator weights the detector and judge are the native
+    (shrunk) ones, since there is no random official runner."""
     bench = cfg.benchmark
-    return Protocol(OmegaConf.to_container(bench.metrics), bench.detector, bench.judge)
+    chosen = Protocol(OmegaConf.to_container(bench.metrics), bench.detector, bench.judge)
+    return replace(chosen, detector="native", judge="native") if bench.evaluator_weights == "random" else chosen
 
 
 def _data(cfg: DictConfig, needed: set[str], chosen: Protocol) -> tuple[dict, list[str]]:
@@ -29,17 +37,19 @@ def _data(cfg: DictConfig, needed: set[str], chosen: Protocol) -> tuple[dict, li
     if "complex_subtypes" in needed:
         data["complex_subtypes"] = load_complex_subtypes(*where)
     if "numeracy_objects" in needed:
-        data["numeracy_objects"] = load_numeracy_objects(*where)
-    labels = load_unidet_labels(*where) if "detector" in needed and chosen.detector == "native" else []
+        data["numeracy_objects"] = read_numeracy_objects(fetch(sources.T2I_NUMERACY_OBJECTS, *where))
+    native = "detector" in needed and chosen.detector == "native"
+    labels = read_unidet_labels(fetch(sources.UNIDET_LABELS, *where)) if native else []
     return data, labels
 
 
 def _models(cfg: DictConfig, needed: set[str], chosen: Protocol, labels: list[str], device: str) -> dict:
     bench = cfg.benchmark
+    if bench.evaluator_weights == "random":
+        log.warning("evaluate: T2I-CompBench with shrunk random-weight models (plumbing run): scores are noise")
+        return tiny_models(needed, labels, device, cfg.seed)
     if bench.evaluator_weights != "pretrained":
-        raise Flux158Error("T2I-CompBench scoring needs the real BLIP, CLIP, UniDet and judge models; this model's "
-                           f"evaluator_weights is {bench.evaluator_weights!r} (its images are noise). Run "
-                           "stages=[generate] or set benchmark.evaluator_weights=pretrained")
+        raise Flux158Error(f"benchmark.evaluator_weights must be pretrained or random, got {bench.evaluator_weights!r}")
     settings = ModelSettings(device=device, cache_dir=Path(cfg.paths.cache_dir) / "eval",
                              bvqa_image_size=bench.bvqa_image_size,
                              official_checkout=Path(bench.official_checkout) if bench.official_checkout else None,
@@ -76,7 +86,7 @@ def score(cfg: DictConfig, images: Path) -> tuple[list[dict], dict]:
         log.info("evaluate: %s (%s) %.4f over %d images", category, result.metric, result.score, len(result.rows))
         rows += [{"filename": f"{category}/samples/{r['filename']}", "tag": category, "prompt": r["prompt"],
                   "score": r["score"], "metric": result.metric} for r in result.rows]
-    return rows, {"evaluator": "t2i_compbench", "not_scored": skipped,
+    return rows, {"evaluator": "t2i_compbench", "not_scored": skipped, "weights": bench.evaluator_weights,
                   "metrics": {c: chosen.label(c) for c in categories}}
 
 

@@ -255,7 +255,9 @@ def test_official_scot_runs_upstreams_script_and_rescales_to_0_1(tmp_path):
 def test_unidet_labels_are_derived_from_the_weights_only_pickle_and_checked(tmp_path, monkeypatch):
     import urllib.request
 
-    from flux158.data.prompts import load_unidet_labels
+    from eval.t2i_compbench.vocabulary import read_unidet_labels
+    from flux158.data.pinned import fetch
+    from flux158.data.sources import UNIDET_LABELS
     from flux158.errors import PromptDataError
 
     labels = (SHARED / "t2i_compbench" / "unidet_detection_features_labels_722.txt").read_text().splitlines()
@@ -263,13 +265,13 @@ def test_unidet_labels_are_derived_from_the_weights_only_pickle_and_checked(tmp_
     torch.save({"labels": labels, "features": torch.zeros(722, 2)}, pickle)
     served = {"bytes": pickle.getvalue()}
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(served["bytes"]))
-    got = load_unidet_labels(tmp_path / "cache", offline=False)
+    got = read_unidet_labels(fetch(UNIDET_LABELS, tmp_path / "cache", offline=False))
     assert got == labels and got[4] == "wild bird"
     tampered = io.BytesIO()
     torch.save({"labels": ["bird" if i == 4 else x for i, x in enumerate(labels)]}, tampered)
     served["bytes"] = tampered.getvalue()
     with pytest.raises(PromptDataError, match="sha256 mismatch"):
-        load_unidet_labels(tmp_path / "other-cache", offline=False)
+        fetch(UNIDET_LABELS, tmp_path / "other-cache", offline=False)
     assert not list((tmp_path / "other-cache").rglob("*.txt"))
 
 
@@ -316,12 +318,47 @@ def test_experiment_scores_all_eight_categories_in_this_environment(compose, sma
 def test_paper_metrics_are_the_default_and_classic_ones_selectable(compose):
     from experiments.t2i_compbench_eval import protocol
 
-    chosen = protocol(compose("experiment=t2i_compbench", "model=tiny", "logger=none"))
+    base = ("experiment=t2i_compbench", "model=tiny", "logger=none", "benchmark.evaluator_weights=pretrained")
+    chosen = protocol(compose(*base))
     assert [chosen.label(c) for c in ("color", "spatial", "non_spatial", "complex")] == [
         "b-vqa", "unidet-2d (official)", "s-cot (official)", "s-cot (official)"]
-    classic = protocol(compose("experiment=t2i_compbench", "model=tiny", "logger=none",
-                               "benchmark.metrics.non_spatial=clipscore", "benchmark.metrics.complex=3-in-1"))
+    classic = protocol(compose(*base, "benchmark.metrics.non_spatial=clipscore", "benchmark.metrics.complex=3-in-1"))
     assert classic.needs(["non_spatial"]) == {"clip"} and classic.metric("complex") == "3-in-1"
     with pytest.raises(ValueError, match="color is scored with one of"):
-        protocol(compose("experiment=t2i_compbench", "model=tiny", "logger=none", "benchmark.metrics.color=s-cot"))
+        protocol(compose(*base, "benchmark.metrics.color=s-cot"))
+    # random evaluator weights (the tiny model's default) have no official runner: native shrunk models
+    assert protocol(compose(*base[:3])).label("spatial") == "unidet-2d (native)"
 
+
+
+def test_tiny_model_plumbing_run_scores_all_eight_categories_with_random_evaluators(compose):
+    """experiment=t2i_compbench model=tiny: every category through shrunk random BLIP/CLIP/DPT/OWLv2/LLaVA."""
+    from experiments import evaluate, generate
+
+    cfg = compose("experiment=t2i_compbench", "model=tiny", "logger=none", "benchmark.limit_per_group=1",
+                  "benchmark.samples_per_prompt=1", "benchmark.metrics.complex=3-in-1")
+    generate.run(cfg)
+    metrics = json.loads((evaluate.run(cfg) / "metrics.json").read_text())
+    assert set(metrics["metrics"]) == {"color", "shape", "texture", "spatial", "3d_spatial", "non_spatial",
+                                       "numeracy", "complex", "average"}
+    assert all(0.0 <= v <= 1.0 for v in metrics["metrics"].values())
+    assert metrics["evaluator"]["weights"] == "random"
+    assert metrics["evaluator"]["metrics"]["complex"] == "3-in-1"
+
+
+def test_cli_scores_with_the_native_detector_and_shrunk_models(tmp_path, capsys):
+    from eval.t2i_compbench.__main__ import main
+
+    category = tmp_path / "numeracy"
+    _write(category, [f"two dogs_{k:06d}.png" for k in range(2)])
+    args = [str(category), "--category", "numeracy", "--samples", "2", "--detector", "native"]
+    assert main(args) == 2
+    assert "needs --numeracy-objects" in capsys.readouterr().err
+    args += ["--numeracy-objects", str(SHARED / "t2i_compbench" / "dataset" / "new_objects.txt")]
+    assert main(args) == 2
+    assert "needs --unidet-labels" in capsys.readouterr().err
+    args += ["--unidet-labels", str(SHARED / "t2i_compbench" / "unidet_detection_features_labels_722.txt")]
+    assert main([*args, "--random-weights"]) == 0
+    assert "numeracy (unidet-count (native)):" in capsys.readouterr().out
+    written = json.loads((category / "t2i_compbench" / "metrics.json").read_text())
+    assert written["num_images"] == 2 and 0.0 <= written["score"] <= 1.0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -23,11 +22,8 @@ from eval.t2i_compbench.scoring import (
     prompts_in_folder,
     score_category,
 )
-from flux158.data.prompts import load_numeracy_objects, load_unidet_labels
-from flux158.errors import PromptDataError
-
-_DATA_DIR = Path(os.environ.get("FLUX158_DATA_DIR", Path.home() / ".cache" / "flux158" / "data"))
-_MIRRORS = [Path(os.environ["FLUX158_PROMPT_MIRROR"])] if os.environ.get("FLUX158_PROMPT_MIRROR") else []
+from eval.t2i_compbench.tiny import tiny_models
+from eval.t2i_compbench.vocabulary import read_numeracy_objects, read_unidet_labels
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,8 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--judge-python", default="python", help="the python of the checkout's ShareGPT4V environment")
     ap.add_argument("--judge-model", help="native S-CoT: a LLaVA-format (HF) conversion of Lin-Chen/ShareGPT4V-7B")
     ap.add_argument("--detector-model", help="native detector: an OWLv2 checkpoint (default the base ensemble)")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="shrunk random-weight models with the native detector and judge: plumbing checks only")
     ap.add_argument("--complex-spatial", type=Path, help="complex: complex_val_spatial.txt (3-in-1 sub-types)")
     ap.add_argument("--complex-action", type=Path, help="complex: complex_val_action.txt")
+    ap.add_argument("--numeracy-objects", type=Path, help="native numeracy: T2I-CompBench's new_objects.txt")
+    ap.add_argument("--unidet-labels", type=Path,
+                    help="native detector: UniDet's 722 class names, one per line (see shared SOURCES)")
     return ap
 
 
@@ -62,10 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.prompts:
         prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
     try:
+        if args.random_weights:
+            args.detector = args.judge = "native"
         protocol = Protocol({args.category: args.metric} if args.metric else {}, args.detector, args.judge)
         needed = protocol.needs([args.category])
         if "complex_subtypes" in needed and not (args.complex_spatial and args.complex_action):
             raise ValueError("3-in-1 needs --complex-spatial and --complex-action (the sub-type files)")
+        if "numeracy_objects" in needed and not args.numeracy_objects:
+            raise ValueError("native numeracy needs --numeracy-objects (new_objects.txt)")
+        native_detector = "detector" in needed and args.detector == "native"
+        if native_detector and not args.unidet_labels:
+            raise ValueError("the native detector needs --unidet-labels (UniDet's 722 class names)")
         official = {"detector": args.detector, "judge": args.judge}
         for name in ("detector", "judge"):
             if name in needed and official[name] == "official" and args.checkout is None:
@@ -78,16 +86,16 @@ def main(argv: list[str] | None = None) -> int:
             extra["complex_subtypes"] = tuple([line for line in f.read_text().splitlines() if line.strip()]
                                               for f in (args.complex_spatial, args.complex_action))
         if "numeracy_objects" in needed:
-            extra["numeracy_objects"] = load_numeracy_objects(_DATA_DIR, _MIRRORS)
-        labels = load_unidet_labels(_DATA_DIR, _MIRRORS) if "detector" in needed and args.detector == "native" else ()
+            extra["numeracy_objects"] = read_numeracy_objects(args.numeracy_objects)
+        labels = read_unidet_labels(args.unidet_labels) if native_detector else ()
         settings = ModelSettings(device=args.device, official_checkout=args.checkout, unidet_python=args.unidet_python,
                                  judge_python=args.judge_python, judge_model=args.judge_model,
                                  detector_model=args.detector_model, labels=labels)
-        models = load_models(needed - set(extra), protocol, settings)
+        models = (tiny_models(needed, labels, args.device or "cpu") if args.random_weights
+                  else load_models(needed, protocol, settings))
         result = score_category(args.folder, args.category, prompts, args.samples, protocol=protocol,
                                 **models, **extra)
-    except (IncompleteFolderError, FileNotFoundError, WeightsUnavailableError, OfficialRunnerError, ValueError,
-            PromptDataError) as e:
+    except (IncompleteFolderError, FileNotFoundError, WeightsUnavailableError, OfficialRunnerError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or args.folder / "t2i_compbench"

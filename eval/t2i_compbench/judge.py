@@ -180,6 +180,7 @@ class ShareGPT4VJudge:
     def _reply(self, conversation: str, image: Image.Image) -> str:
         inputs = self.processor(images=image, text=conversation, return_tensors="pt").to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        inputs.pop("token_type_ids", None)  # BERT-style tokenizers add them; LLaVA's language model takes none
         out = self.model.generate(**inputs, do_sample=True, temperature=self.temperature, top_p=self.top_p,
                                   max_new_tokens=self.max_new_tokens)
         reply = self.processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -11,7 +11,6 @@ from typing import Any
 
 from flux158.data import sources
 from flux158.data.pinned import PinnedFile, fetch
-from flux158.errors import PromptDataError
 
 PROMPT_SETS = ("geneval", "t2i_compbench_val", "t2i_compbench_train", "parti", "calibration")
 
@@ -129,21 +128,3 @@ def load_complex_subtypes(cache_dir: Path, mirror_dirs: Sequence[Path] = (), off
                                         offline=offline)))
                  for kind in ("spatial", "action"))
 
-
-def load_numeracy_objects(cache_dir: Path, mirror_dirs: Sequence[Path] = (), offline: bool | None = None
-                          ) -> tuple[list[str], list[str]]:
-    """T2I-CompBench numeracy's (singular, plural) object names from `new_objects.txt`, lowercased."""
-    pairs = [line.lower().split(" - ") for line in _read_lines(fetch(sources.T2I_NUMERACY_OBJECTS, cache_dir,
-                                                                      mirror_dirs, offline=offline))]
-    bad = [p for p in pairs if len(p) != 2]
-    if bad:
-        raise PromptDataError(f"new_objects.txt: expected 'singular - plural' lines, got {bad[:3]}")
-    return [p[0].strip() for p in pairs], [p[1].strip() for p in pairs]
-
-
-def load_unidet_labels(cache_dir: Path, mirror_dirs: Sequence[Path] = (), offline: bool | None = None) -> list[str]:
-    """UniDet's 722 class names in class-id order (T2I-CompBench's `detection_features.pt` labels)."""
-    labels = fetch(sources.UNIDET_LABELS, cache_dir, mirror_dirs, offline=offline).read_text().splitlines()
-    if len(labels) != 722:
-        raise PromptDataError(f"expected 722 UniDet labels, got {len(labels)}")
-    return labels
