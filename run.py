@@ -9,13 +9,23 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import benchmark, calibrate, evaluate, generate, provenance, quantize, storage, toyworld_train
+from experiments import (
+    benchmark,
+    calibrate,
+    evaluate,
+    generate,
+    provenance,
+    quantize,
+    storage,
+    tables,
+    toyworld_train,
+)
 from flux158.errors import Flux158Error
 
 log = logging.getLogger("flux158")
 
 STAGES = {"calibrate": calibrate.run, "quantize": quantize.run, "generate": generate.run, "evaluate": evaluate.run,
-          "train_toyworld": toyworld_train.run, "storage": storage.run, "latency": benchmark.run}
+          "train_toyworld": toyworld_train.run, "storage": storage.run, "latency": benchmark.run, "tables": tables.run}
 
 
 def _describe_run(cfg: DictConfig) -> None:

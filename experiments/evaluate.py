@@ -11,8 +11,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from eval.errors import WeightsUnavailableError
-from eval.fidelity import image_fidelity
-from eval.geneval.build import build_scorer
+from eval.fidelity import ClipSimilarity, Perceptual, image_fidelity
+from eval.geneval.build import build_scorer, register_tiny_clip
 from eval.geneval.detector import DetectorUnavailableError
 from eval.geneval.folder import IncompleteFolderError
 from eval.geneval.rules import summarize
@@ -29,7 +29,7 @@ DETERMINING_KEYS = [*generate.DETERMINING_KEYS, "benchmark.evaluator", "benchmar
                     "benchmark.counting_threshold", "benchmark.detector", "benchmark.detector_checkpoint",
                     "benchmark.clip_model", "benchmark.clip_pretrained", "benchmark.evaluator_weights",
                     "benchmark.official_checkout", "benchmark.bvqa_image_size", "benchmark.metrics",
-                    "benchmark.judge", "benchmark.judge_model", "benchmark.detector_model"]
+                    "benchmark.judge", "benchmark.judge_model", "benchmark.detector_model", "fidelity"]
 
 
 def _score(cfg: DictConfig, images: Path) -> tuple[list[dict], dict]:
@@ -68,8 +68,32 @@ def _summary(cfg: DictConfig, rows: list[dict]) -> dict[str, float]:
     return summarize(rows)
 
 
-def _fidelity_to_bf16(cfg: DictConfig, images: Path) -> dict | None:
-    """PSNR/SSIM against the BF16 model's images on the same seeds, when those exist (run quant=bf16 first)."""
+def _fidelity_models(cfg: DictConfig, device: str) -> tuple[Perceptual | None, ClipSimilarity | None, dict]:
+    """LPIPS and CLIP for fidelity, as configured; a model whose weights are unavailable is skipped with a
+    warning (and named in the result), so PSNR/SSIM are still reported."""
+    fid, skipped = cfg.fidelity, {}
+    random = fid.weights == "random"
+    lpips = clip = None
+    try:
+        lpips = Perceptual(fid.lpips, pretrained_backbone=not random, device=device) if fid.lpips else None
+    except WeightsUnavailableError as e:
+        skipped["lpips"] = str(e)
+    try:
+        if fid.clip_model and random:
+            clip = ClipSimilarity.from_open_clip(register_tiny_clip(), None, device)
+        elif fid.clip_model:
+            clip = ClipSimilarity.from_open_clip(fid.clip_model, fid.clip_pretrained, device,
+                                                 Path(cfg.paths.cache_dir) / "eval")
+    except WeightsUnavailableError as e:
+        skipped["clip"] = str(e)
+    for name, reason in skipped.items():
+        log.warning("evaluate: fidelity without %s: %s", name, reason)
+    return lpips, clip, skipped
+
+
+def _fidelity_to_bf16(cfg: DictConfig, images: Path, rows: list[dict]) -> dict | None:
+    """PSNR/SSIM, LPIPS and CLIP similarities against the BF16 model's images on the same seeds, when those exist
+    (run quant=bf16 first; a sweep lists it first)."""
     if cfg.quant.name == "bf16":
         return None
     reference_cfg = cfg.copy()
@@ -78,7 +102,11 @@ def _fidelity_to_bf16(cfg: DictConfig, images: Path) -> dict | None:
     if not is_done(reference):
         log.warning("no complete BF16 images at %s: fidelity skipped (run quant=bf16 first)", reference)
         return None
-    return image_fidelity(reference, images, pattern="*/samples/*.png")  # both layouts keep images there
+    _, _, device = resolve.process()
+    lpips, clip, skipped = _fidelity_models(cfg, str(device))
+    prompts = {r["filename"]: r["prompt"] for r in rows if "filename" in r and "prompt" in r}
+    scores = image_fidelity(reference, images, "*/samples/*.png", lpips, clip, prompts)  # both layouts
+    return {**scores, "reference_dir": str(reference), **({"skipped": skipped} if skipped else {})}
 
 
 def run(cfg: DictConfig) -> Path:
@@ -93,7 +121,7 @@ def run(cfg: DictConfig) -> Path:
         return out
     rows, evaluator = _score(cfg, images)
     scores = _summary(cfg, rows)
-    fidelity = _fidelity_to_bf16(cfg, images)
+    fidelity = _fidelity_to_bf16(cfg, images, rows)
     metrics = {
         "model": cfg.model.name, "quant": cfg.quant.name, "benchmark": cfg.benchmark.name,
         "config_hash": out.name.rsplit("-", 1)[-1], "images_dir": str(images), "num_images": len(rows),

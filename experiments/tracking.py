@@ -6,6 +6,7 @@ default (no account or network needed; `wandb sync <dir>` uploads later). `logge
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -104,3 +105,22 @@ def track(cfg: DictConfig, stage: str, shard_label: str = "") -> Iterator[Tracke
         exit_code = 0
     finally:
         run.finish(exit_code=exit_code)
+
+
+def results_from_wandb(path: str, api: Any | None = None) -> list[tuple[dict, str]]:
+    """Every `metrics.json` logged as a `results` artifact by the runs of `path` ("entity/project"), with where it
+    came from; each artifact is downloaded once (W&B's artifact cache)."""
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    found, seen = [], set()
+    for run in api.runs(path):
+        for artifact in run.logged_artifacts():
+            if artifact.type != "results" or artifact.name in seen:
+                continue
+            seen.add(artifact.name)
+            for file in sorted(Path(artifact.download()).rglob("metrics.json")):
+                found.append((json.loads(file.read_text()), f"wandb:{path}/{run.id}/{artifact.name}"))
+    log.info("tables: %d metrics.json from W&B %s", len(found), path)
+    return found

@@ -16,6 +16,7 @@ def test_smoke_sweep_over_methods_quantizes_once_each_and_generates_from_the_che
     assert proc.returncode == 0, text
 
     (calib,) = (tmp_path / "calibrate" / "smoke").iterdir()  # one teacher cache shared by both methods
+    assert text.count("teacher on") == 1  # captured for the first method; the second finds it complete
     assert len(list(calib.glob("train-*.safetensors"))) == 2 and (calib / ".done").exists()
     metrics = {}
     for method in ("absmean", "gptq"):

@@ -37,14 +37,19 @@ def build_detector(kind: str = "mmdet", weights: str = "pretrained", device: str
     return HFMask2Former(device=device, cache_dir=cache_dir)
 
 
+def register_tiny_clip() -> str:
+    """Register the shrunk open_clip config (for random-weight plumbing runs) and return its name."""
+    import open_clip
+
+    if TINY_CLIP not in open_clip.list_models():
+        open_clip.add_model_config(Path(__file__).with_name(f"{TINY_CLIP}.json"))  # registered by file stem
+    return TINY_CLIP
+
+
 def build_colors(weights: str = "pretrained", model: str = "ViT-L-14", pretrained: str = "openai",
                  device: str | None = None, cache_dir: Path | None = None) -> ColorClassifier:
     if weights == "random":
-        import open_clip
-
-        if TINY_CLIP not in open_clip.list_models():
-            open_clip.add_model_config(Path(__file__).with_name(f"{TINY_CLIP}.json"))  # registered by file stem
-        return ColorClassifier.from_open_clip(TINY_CLIP, None, device)
+        return ColorClassifier.from_open_clip(register_tiny_clip(), None, device)
     return ColorClassifier.from_open_clip(model, pretrained, device, cache_dir)
 
 

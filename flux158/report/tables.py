@@ -1,0 +1,201 @@
+"""Tables 1-3, the Fig. 2 numbers and the method comparison, as DataFrames built from `records.Result`s, with the
+paper's published rows beside ours and our differences from them; and their Markdown, LaTeX and CSV renderings.
+
+Conventions: our rows are sorted by model, then quant (bf16 first), then config hash. A (model, quant) measured
+under several configs is labelled with its config hash. Differences are ours minus the paper's reference row
+(`reference` in the paper data: FLUX for bf16, the 1.58-bit row for quantized models).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from flux158.report.records import Result
+
+PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
+MISSING = "—"
+HEADLINE = ("overall", "average")  # a benchmark's single score in metrics.json
+FIDELITY = ("psnr", "ssim", "lpips", "clip_image", "clip_text")
+
+
+def load_paper_numbers(path: Path = PAPER_NUMBERS) -> dict[str, Any]:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) \
+        else None
+
+
+def _ours(results: Sequence[Result], kind: str, benchmark: str | None = None) -> list[Result]:
+    chosen = [r for r in results if r.kind == kind and (benchmark is None or r.benchmark == benchmark)]
+    return sorted(chosen, key=lambda r: (r.model, r.quant != "bf16", r.quant, r.config_hash or ""))
+
+
+def _quant_labels(results: Sequence[Result]) -> list[str]:
+    """The quant name, with the config hash where one (model, quant, benchmark) has several results."""
+    counts: dict[tuple, int] = {}
+    for r in results:
+        counts[(r.model, r.quant, r.benchmark)] = counts.get((r.model, r.quant, r.benchmark), 0) + 1
+    return [f"{r.quant} ({r.config_hash})" if counts[(r.model, r.quant, r.benchmark)] > 1 else r.quant
+            for r in results]
+
+
+def benchmark_table(results: Sequence[Result], benchmark: str, paper: Mapping[str, Any]) -> pd.DataFrame:
+    """Table 1 (t2i_compbench) or Table 2 (geneval): the paper's rows, then each of ours followed by its
+    difference from the paper's reference row. Columns: source, model, quant, then the paper's metric labels."""
+    section = paper[benchmark]
+    columns, labels = section["columns"], section["labels"]
+    rows = [{"source": "paper", "model": name, "quant": "", **dict(zip(labels, map(_number, values), strict=True))}
+            for name, values in section["rows"].items()]
+    ours = _ours(results, "evaluate", benchmark)
+    for result, quant in zip(ours, _quant_labels(ours), strict=True):
+        mine = [_number(result.metrics.get(c)) for c in columns]
+        reference = section["reference"]["bf16" if result.quant == "bf16" else "quantized"]
+        theirs = [_number(v) for v in section["rows"][reference]]
+        # rounded: the published numbers have at most 4 decimals, and CSVs should not show float noise
+        delta = [round(a - b, 6) if a is not None and b is not None else None
+                 for a, b in zip(mine, theirs, strict=True)]
+        rows.append({"source": "ours", "model": result.model, "quant": quant, **dict(zip(labels, mine, strict=True))})
+        rows.append({"source": f"Δ vs {reference}", "model": result.model, "quant": quant,
+                     **dict(zip(labels, delta, strict=True))})
+    return pd.DataFrame(rows, columns=["source", "model", "quant", *labels])
+
+
+def _gpu_label(result: Result) -> str:
+    gpu = result.gpu or "unknown GPU"
+    return f"{gpu} (CPU smoke)" if result.extra.get("smoke") else gpu
+
+
+def latency_rows(results: Sequence[Result]) -> pd.DataFrame:
+    """Every latency measurement, one row per (GPU, variant, mode, resolution); a later file for the same cell
+    (a rerun) replaces an earlier one."""
+    cells: dict[tuple, dict] = {}
+    for result in _ours(results, "latency"):
+        for row in result.metrics.get("rows", []):
+            mode = "compiled" if row.get("compiled") else "eager"
+            key = (_gpu_label(result), row["variant"], mode, int(row["resolution"]))
+            total = _number(row.get("total_ms"))
+            cells[key] = {"gpu": key[0], "variant": key[1], "mode": mode, "resolution": key[3],
+                          "total_s": None if total is None else total / 1e3,
+                          "per_step_ms": _number(row.get("per_step_ms")), "peak_gib": _number(row.get("peak_gib")),
+                          "error": row.get("error")}
+    return pd.DataFrame(list(cells.values()),
+                        columns=["gpu", "variant", "mode", "resolution", "total_s", "per_step_ms", "peak_gib", "error"])
+
+
+def latency_table(results: Sequence[Result]) -> pd.DataFrame:
+    """Table 3: seconds for one image (all steps of the protocol) per setting (rows) and GPU (columns), merged
+    across machines by GPU name; "OOM" where the GPU ran out of memory."""
+    long = latency_rows(results)
+    if long.empty:
+        return pd.DataFrame(columns=["variant", "mode", "resolution"])
+    long["cell"] = [e if isinstance(e, str) and e else t for e, t in zip(long["error"], long["total_s"], strict=True)]
+    wide = long.pivot(index=["variant", "mode", "resolution"], columns="gpu", values="cell")
+    wide.columns.name = None
+    return wide.reset_index()
+
+
+def efficiency_table(results: Sequence[Result], paper: Mapping[str, Any]) -> pd.DataFrame:
+    """Fig. 2's numbers: transformer storage (BF16 vs 2-bit and 1.6-bit packing) per model, and transformer peak
+    inference memory (BF16 vs W2A16) per GPU at the largest resolution measured (eager preferred), with the
+    paper's ratios beside ours."""
+    eff = paper["efficiency"]
+    rows = []
+    for r in _ours(results, "storage"):
+        bf16, packed = r.metrics["bf16_bytes"], r.metrics["packed_bytes"]
+        for fmt in ("2bit", "trit5"):
+            rows.append({"measure": "storage", "where": r.model, "ternary": fmt, "bf16_gb": bf16 / 1e9,
+                         "ternary_gb": packed[fmt] / 1e9, "ratio": bf16 / packed[fmt],
+                         "paper_ratio": eff["storage_ratio"] if fmt == "2bit" else None})
+    long = latency_rows(results)
+    for gpu, group in long.groupby("gpu", sort=True):
+        group = group[group["peak_gib"].notna()]
+        if group.empty:
+            continue
+        resolution = group["resolution"].max()
+        at = group[group["resolution"] == resolution]
+        mode = "eager" if (at["mode"] == "eager").any() else "compiled"
+        peaks = at[at["mode"] == mode].set_index("variant")["peak_gib"]
+        for variant in ("w2a16", "w158a8_int8", "w158a8_fp8"):
+            if "bf16" in peaks and variant in peaks:
+                rows.append({"measure": f"memory ({mode}, {resolution}px)", "where": gpu, "ternary": variant,
+                             "bf16_gb": peaks["bf16"] * 2**30 / 1e9, "ternary_gb": peaks[variant] * 2**30 / 1e9,
+                             "ratio": peaks["bf16"] / peaks[variant],
+                             "paper_ratio": eff["memory_ratio"] if variant == "w2a16" else None})
+    return pd.DataFrame(rows, columns=["measure", "where", "ternary", "bf16_gb", "ternary_gb", "ratio",
+                                       "paper_ratio"])
+
+
+def methods_table(results: Sequence[Result]) -> pd.DataFrame:
+    """One row per evaluated (model, quant, benchmark): the method, its storage ratio and weight/output error from
+    the quantize stage, the benchmark's headline score, and fidelity to the BF16 images on the same seeds."""
+    quantized = {(r.model, r.quant): r for r in results if r.kind == "quantize"}
+    rows = []
+    evaluated = _ours(results, "evaluate")
+    for r, quant in zip(evaluated, _quant_labels(evaluated), strict=True):
+        q = quantized.get((r.model, r.quant))
+        fidelity = r.extra.get("fidelity_to_bf16") or {}
+        score = next((_number(r.metrics[k]) for k in HEADLINE if k in r.metrics), None)
+        rows.append({"model": r.model, "quant": quant, "method": q.extra.get("method") if q else (
+                         "bf16" if r.quant == "bf16" else None),
+                     "benchmark": r.benchmark, "score": score,
+                     **{k: _number(fidelity.get(k)) for k in FIDELITY},
+                     "storage_ratio": _number(q.metrics.get("ratio_2bit")) if q else None,
+                     "weight_sqnr_db": _number(q.metrics.get("weight_sqnr_db_mean")) if q else None,
+                     "output_rel_mse": _number(q.metrics.get("output_rel_mse")) if q else None})
+    columns = ["model", "quant", "method", "benchmark", "score", *FIDELITY, "storage_ratio", "weight_sqnr_db",
+               "output_rel_mse"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["model", "benchmark"], kind="stable",
+                                                           ignore_index=True)
+
+
+def _cell(value: Any, digits: int, signed: bool) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return f"{value:+d}" if signed else str(value)
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def formatted(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """Every cell as text: numbers to `digits` decimals (signed in difference rows), missing values as '—'."""
+    signed = df["source"].astype(str).str.startswith("Δ") if "source" in df else pd.Series(False, index=df.index)
+    return pd.DataFrame({c: [_cell(v, digits, s) for v, s in zip(df[c], signed, strict=True)] for c in df.columns},
+                        columns=df.columns)
+
+
+_LATEX_SYMBOLS = {"Δ": r"$\Delta$", "α": r"$\alpha$", "—": "--"}
+
+
+def to_latex(df: pd.DataFrame, caption: str, digits: int = 4) -> str:
+    text = formatted(df, digits).style.format(escape="latex").hide(axis="index").to_latex(
+        caption=caption, hrules=True, position="t")
+    for symbol, latex in _LATEX_SYMBOLS.items():
+        text = text.replace(symbol, latex)
+    return text
+
+
+def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
+    return formatted(df, digits).to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def write_table(df: pd.DataFrame, out_dir: Path, stem: str, caption: str, digits: int = 4,
+                note: str | None = None) -> dict[str, Path]:
+    """`<stem>.md` (caption, table, note), `<stem>.tex` and `<stem>.csv` (raw numbers) under `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("md", "tex", "csv")}
+    body = to_markdown(df, digits) if not df.empty else "(no results yet)\n"
+    paths["md"].write_text(f"### {caption}\n\n{body}" + (f"\n{note}\n" if note else ""))
+    paths["tex"].write_text(to_latex(df, caption, digits))
+    df.to_csv(paths["csv"], index=False)
+    return paths
