@@ -109,6 +109,21 @@ def _fidelity_to_bf16(cfg: DictConfig, images: Path, rows: list[dict]) -> dict |
     return {**scores, "reference_dir": str(reference), **({"skipped": skipped} if skipped else {})}
 
 
+def _backfill_fidelity(cfg: DictConfig, images: Path, out: Path) -> None:
+    """Add the fidelity to BF16 to a finished evaluation that lacks it, once the BF16 images exist (in a parallel
+    sweep the quantized jobs may finish before the BF16 one)."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    if cfg.quant.name == "bf16" or "fidelity_to_bf16" in metrics:
+        return
+    rows = pd.read_json(out / "results.jsonl", lines=True).to_dict("records") if (
+        out / "results.jsonl").stat().st_size else []
+    fidelity = _fidelity_to_bf16(cfg, images, rows)
+    if fidelity is not None:
+        metrics["fidelity_to_bf16"] = fidelity
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        log.info("evaluate: added the fidelity to BF16 to %s (PSNR %.2f dB)", out / "metrics.json", fidelity["psnr"])
+
+
 def run(cfg: DictConfig) -> Path:
     """Write `outputs/evaluate/<benchmark>/<model>-<quant>-<hash>/{metrics.json,results.jsonl}`."""
     images = generate.output_dir(cfg)
@@ -117,6 +132,7 @@ def run(cfg: DictConfig) -> Path:
                            "(stages=[generate,evaluate], all shards)")
     out, determining = resolve.artifact_dir(cfg, "evaluate", DETERMINING_KEYS)
     if (out / "metrics.json").exists():
+        _backfill_fidelity(cfg, images, out)
         log.info("evaluate: %s exists; nothing to do", out / "metrics.json")
         return out
     rows, evaluator = _score(cfg, images)
