@@ -343,7 +343,7 @@ def test_tiny_model_plumbing_run_scores_all_eight_categories_with_random_evaluat
                                        "numeracy", "complex", "average"}
     assert all(0.0 <= v <= 1.0 for v in metrics["metrics"].values())
     assert metrics["evaluator"]["weights"] == "random"
-    assert metrics["evaluator"]["metrics"]["complex"] == "3-in-1"
+    assert metrics["evaluator"]["metrics"]["complex"] == "3-in-1 (2D native)"
 
 
 def test_cli_scores_with_the_native_detector_and_shrunk_models(tmp_path, capsys):

@@ -26,6 +26,7 @@ from eval.t2i_compbench import rules
 from eval.t2i_compbench.bvqa import BlipVQA, questions_from_phrases
 from eval.t2i_compbench.clipscore import CLIPScore
 from eval.t2i_compbench.complex import three_in_one, without_adjectives
+from eval.t2i_compbench.depth import DepthEstimator
 from eval.t2i_compbench.folder import Sample, check_complete, list_samples
 from eval.t2i_compbench.official import OfficialRunner
 
@@ -66,17 +67,20 @@ class Protocol:
     def label(self, category: str) -> str:
         """The metric with its backend, as results record it (e.g. 'unidet-2d (native)')."""
         metric = self.metric(category)
+        if metric == "3-in-1":
+            return f"3-in-1 (2D {self.detector})"
         backend = self.detector if metric in DETECTOR_METRICS else self.judge if metric == "s-cot" else None
         return f"{metric} ({backend})" if backend else metric
 
     def needs(self, categories: Sequence[str]) -> set[str]:
         """The models scoring `categories` needs: keyword names of `score_category`."""
-        native_detector = {"detector", "nlp"} if self.detector == "native" else {"detector"}
+        native = self.detector == "native"
+        detector = {"detector", "nlp"} if native else {"detector"}  # native detections go through the rules
         by_metric = {"b-vqa": {"bvqa", "nlp"}, "clipscore": {"clip"}, "s-cot": {"judge"},
-                     "unidet-2d": native_detector, "unidet-3d": native_detector | ({"depth"} if (
-                         self.detector == "native") else set()),
-                     "unidet-count": native_detector | ({"numeracy_objects"} if self.detector == "native" else set()),
-                     "3-in-1": {"bvqa", "nlp", "clip", "complex_subtypes"} | native_detector}
+                     "unidet-2d": detector,
+                     "unidet-3d": detector | ({"depth"} if native else set()),
+                     "unidet-count": detector | ({"numeracy_objects"} if native else set()),
+                     "3-in-1": {"bvqa", "nlp", "clip", "complex_subtypes"} | detector}
         return set().union(*(by_metric[self.metric(c)] for c in categories))
 
 
@@ -98,8 +102,6 @@ class ModelSettings:
 def load_models(needed: set[str], protocol: Protocol, settings: ModelSettings) -> dict:
     """The models among `needed`, loaded once. Official runners are built only with a checkout; callers decide
     what a missing one means (the stage skips those categories)."""
-    from eval.t2i_compbench.depth import DepthEstimator
-
     s, models = settings, {}
     if "bvqa" in needed:
         models["bvqa"] = vqa.BlipVQA.from_pretrained(image_size=s.bvqa_image_size, device=s.device,
@@ -247,5 +249,4 @@ def score_category(category_dir: Path, category: str, prompts: Sequence[str] | N
         scores = _detector_scores(category, samples, detector, nlp, depth, numeracy_objects, False, progress)
     rows = [{"filename": s.path.name, "question_id": s.counter, "prompt": s.prompt, "score": v}
             for s, v in zip(samples, scores, strict=True)]
-    label = protocol.label(category) if metric != "3-in-1" else f"3-in-1 (2D {protocol.detector})"
-    return CategoryResult(category, label, sum(scores) / len(scores) if scores else float("nan"), rows)
+    return CategoryResult(category, protocol.label(category), sum(scores) / len(scores) if scores else float("nan"), rows)
