@@ -61,6 +61,7 @@ def run(cfg: DictConfig) -> Path:
         report = generate_images(
             pipe, mine, layout, samples_per_prompt=bench.samples_per_prompt, base_seed=cfg.seed,
             sampler=sampler, batch_size=min(cfg.batch_size, bench.samples_per_prompt),
+            batched_modulation=bool(cfg.get("batched_modulation", False)),
         )
         stats = {"images_generated": report.generated, "images_skipped": report.skipped,
                  "images_per_second": report.images_per_second, "seconds": report.seconds,

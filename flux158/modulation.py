@@ -37,6 +37,58 @@ def _modulated_norms(transformer: nn.Module) -> list[nn.Module]:
     return [m for m in transformer.modules() if isinstance(m, MODULATED_NORMS) and hasattr(m, "linear")]
 
 
+class _StepTables:
+    """The modulation tables of one (timesteps, text, guidance) set, installed in place of the modulation linears
+    until `restore()`; `select(kwargs)` points every table at the rows of the step a transformer call is for."""
+
+    def __init__(self, transformer: nn.Module, timesteps: torch.Tensor, pooled_projections: torch.Tensor,
+                 guidance: torch.Tensor | None) -> None:
+        param = transformer.x_embedder.weight
+        steps, self.batch = timesteps.shape[0], pooled_projections.shape[0]
+        t = timesteps.to(param.device, param.dtype).repeat_interleave(self.batch) * 1000  # as the forward scales it
+        pooled = pooled_projections.to(param.device).repeat(steps, 1)
+        with torch.no_grad():
+            if guidance is None:
+                temb = transformer.time_text_embed(t, pooled)
+            else:
+                g = guidance.to(param.device, param.dtype).repeat(steps) * 1000
+                temb = transformer.time_text_embed(t, g, pooled)
+            keys = F.silu(temb)
+            self.index = torch.arange(self.batch, device=param.device)
+            self.norms = _modulated_norms(transformer)
+            self.originals = [norm.linear for norm in self.norms]
+            for norm, linear in zip(self.norms, self.originals, strict=True):
+                norm.linear = ModulationTable(linear(keys.to(param.dtype)), self.index)
+        self.timesteps = timesteps.detach().to(param.device, torch.float32)
+        self.pooled = pooled_projections.detach().to(param.device)
+        self.guidance = None if guidance is None else guidance.detach().to(param.device)
+
+    def step_of(self, kwargs: dict) -> int | None:
+        """The precomputed step this call is for, or None when its timestep, text or guidance is not the tables'."""
+        step_t = kwargs["timestep"].to(self.timesteps.device, torch.float32)
+        distance, nearest = (step_t[:, None] - self.timesteps[None, :]).abs().min(dim=1)
+        i = int(nearest[0])
+        guidance = kwargs.get("guidance")
+        same_guidance = (guidance is None) == (self.guidance is None) and (
+            guidance is None or torch.equal(guidance.to(self.guidance.device), self.guidance))
+        same_text = kwargs["pooled_projections"].shape == self.pooled.shape and torch.equal(
+            kwargs["pooled_projections"], self.pooled)
+        one_step = distance.max() <= 1e-4 and bool((nearest == i).all())  # one call serves one step for every row
+        return i if one_step and same_text and same_guidance else None
+
+    def select(self, kwargs: dict) -> None:
+        i = self.step_of(kwargs)
+        if i is None:
+            raise ValueError(f"batched_modulation: timestep {kwargs['timestep'].tolist()}, the pooled text embedding "
+                             "or the guidance was not precomputed; enter batched_modulation with the sampler's "
+                             "timesteps and prompts")
+        self.index.copy_(i * self.batch + torch.arange(self.batch, device=self.index.device))
+
+    def restore(self) -> None:
+        for norm, linear in zip(self.norms, self.originals, strict=True):
+            norm.linear = linear
+
+
 @contextmanager
 def batched_modulation(transformer: nn.Module, timesteps: torch.Tensor, pooled_projections: torch.Tensor,
                        guidance: torch.Tensor | None = None) -> Iterator[int]:
@@ -50,39 +102,43 @@ def batched_modulation(transformer: nn.Module, timesteps: torch.Tensor, pooled_p
 
     Yields the number of modulation layers replaced; they are restored on exit.
     """
-    param = transformer.x_embedder.weight
-    steps, batch = timesteps.shape[0], pooled_projections.shape[0]
-    t = timesteps.to(param.device, param.dtype).repeat_interleave(batch) * 1000  # as the forward scales them
-    pooled = pooled_projections.to(param.device).repeat(steps, 1)
-    with torch.no_grad():
-        if guidance is None:
-            temb = transformer.time_text_embed(t, pooled)
-        else:
-            g = guidance.to(param.device, param.dtype).repeat(steps) * 1000
-            temb = transformer.time_text_embed(t, g, pooled)
-        keys = F.silu(temb)
-        index = torch.arange(batch, device=param.device)
-        norms = _modulated_norms(transformer)
-        originals = [norm.linear for norm in norms]
-        for norm, linear in zip(norms, originals, strict=True):
-            norm.linear = ModulationTable(linear(keys.to(param.dtype)), index)
-    known_t = timesteps.detach().to(param.device, torch.float32)
-    known_pooled = pooled_projections.detach().to(param.device)
-
-    def select_step(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        step_t = kwargs["timestep"].to(known_t.device, torch.float32)
-        distance, nearest = (step_t[:, None] - known_t[None, :]).abs().min(dim=1)
-        i = int(nearest[0])
-        if (distance.max() > 1e-4 or (nearest != i).any()  # one call serves one step for every batch row
-                or not torch.equal(kwargs["pooled_projections"], known_pooled)):
-            raise ValueError(f"batched_modulation: timestep {step_t.tolist()} or the pooled text embedding was not "
-                             "precomputed; enter batched_modulation with the sampler's timesteps and prompts")
-        index.copy_(i * batch + torch.arange(batch, device=index.device))
-
-    handle = transformer.register_forward_pre_hook(select_step, with_kwargs=True)
+    tables = _StepTables(transformer, timesteps, pooled_projections, guidance)
+    handle = transformer.register_forward_pre_hook(lambda module, args, kwargs: tables.select(kwargs),
+                                                   with_kwargs=True)
     try:
-        yield len(norms)
+        yield len(tables.norms)
     finally:
         handle.remove()
-        for norm, linear in zip(norms, originals, strict=True):
-            norm.linear = linear
+        tables.restore()
+
+
+@contextmanager
+def batched_modulation_in_pipeline(pipe) -> Iterator[None]:
+    """Batched modulation for every `FluxPipeline`-style call made inside the block.
+
+    On a call's first transformer step, the tables are built for all the timesteps the scheduler was set to for
+    that call (`pipe.scheduler.timesteps`, passed to the transformer as `t / 1000` in the latents' dtype, as
+    FluxPipeline does) and that call's text embedding and guidance. They are reused while calls bring the same
+    text and timesteps (the next batch of one prompt), rebuilt otherwise, and the original linears are restored
+    on exit.
+    """
+    transformer, state = pipe.transformer, {"tables": None}
+
+    def prepare(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        tables = state["tables"]
+        if tables is None or tables.step_of(kwargs) is None:
+            if tables is not None:
+                tables.restore()
+            passed = kwargs["timestep"]
+            timesteps = pipe.scheduler.timesteps.to(passed.device, passed.dtype) / 1000
+            tables = state["tables"] = _StepTables(transformer, timesteps, kwargs["pooled_projections"],
+                                                   kwargs.get("guidance"))
+        tables.select(kwargs)
+
+    handle = transformer.register_forward_pre_hook(prepare, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+        if state["tables"] is not None:
+            state["tables"].restore()

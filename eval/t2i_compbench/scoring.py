@@ -249,4 +249,5 @@ def score_category(category_dir: Path, category: str, prompts: Sequence[str] | N
         scores = _detector_scores(category, samples, detector, nlp, depth, numeracy_objects, False, progress)
     rows = [{"filename": s.path.name, "question_id": s.counter, "prompt": s.prompt, "score": v}
             for s, v in zip(samples, scores, strict=True)]
-    return CategoryResult(category, protocol.label(category), sum(scores) / len(scores) if scores else float("nan"), rows)
+    mean = sum(scores) / len(scores) if scores else float("nan")
+    return CategoryResult(category, protocol.label(category), mean, rows)
