@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from conftest import run_cli
-from wandb_records import record_values, wandb_records
+from wandb_records import record_values, settled_records
 
 
 def test_smoke_run_writes_images_log_and_offline_wandb(tmp_path, model_cache):
@@ -19,7 +19,7 @@ def test_smoke_run_writes_images_log_and_offline_wandb(tmp_path, model_cache):
     assert "experiment=smoke" in text and "commit" in text and "generated 12 images" in text
 
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
-    records = list(wandb_records(next(run_dir.glob("run-*.wandb"))))
+    records = settled_records(next(run_dir.glob("run-*.wandb")), {"run", "summary"})
     run = [r.run for r in records if r.WhichOneof("record_type") == "run"][-1]
     assert (run.project, run.run_group, run.job_type) == ("flux158", "smoke", "generate")
     config = {u.key: json.loads(u.value_json) for u in run.config.update}
@@ -82,7 +82,7 @@ def test_default_run_is_the_scored_toy_world(tmp_path):
     assert metrics["num_images"] == 264 and metrics["metrics"]["overall"] > 0.3  # measured 0.463
     jobs = set()
     for run_file in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb"):
-        records = list(wandb_records(run_file))
+        records = settled_records(run_file, {"run", "summary"})
         run = [r.run for r in records if r.WhichOneof("record_type") == "run"][-1]
         jobs.add(run.job_type)
         if run.job_type == "evaluate":

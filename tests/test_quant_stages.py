@@ -3,7 +3,7 @@
 import json
 
 from conftest import run_cli
-from wandb_records import record_values, wandb_records
+from wandb_records import record_values, settled_records
 
 
 def _env(tmp_path, model_cache):
@@ -37,7 +37,7 @@ def test_smoke_sweep_over_methods_quantizes_once_each_and_generates_from_the_che
 
     runs = {}
     for run_dir in (tmp_path / "wandb").glob("offline-run-*"):
-        records = list(wandb_records(next(run_dir.glob("run-*.wandb"))))
+        records = settled_records(next(run_dir.glob("run-*.wandb")), {"run", "summary"})
         run = [r.run for r in records if r.WhichOneof("record_type") == "run"][-1]
         runs[run.display_name] = record_values(records, "summary")
     assert runs["quantize-tiny-gptq"]["output_rel_mse"] == metrics["gptq"]["metrics"]["output_rel_mse"]

@@ -3,7 +3,7 @@
 import json
 
 from experiments import tracking
-from wandb_records import record_values, wandb_records
+from wandb_records import record_values, settled_records
 
 
 def test_offline_run_records_everything(compose, tmp_path):
@@ -21,7 +21,7 @@ def test_offline_run_records_everything(compose, tmp_path):
         tracker.image_table("samples", ["prompt", "image"], [["a red square", image]], "image")
         tracker.artifact(result, "metrics-unit", "results", {"overall": 0.5})
     (run_file,) = (tmp_path / "out" / "wandb").glob("offline-run-*/run-*.wandb")
-    records = list(wandb_records(run_file))
+    records = settled_records(run_file, {"run", "history", "summary", "artifact"})
     kinds = {r.WhichOneof("record_type") for r in records}
     assert {"run", "history", "summary", "artifact"} <= kinds
     run = [r.run for r in records if r.WhichOneof("record_type") == "run"][-1]

@@ -26,6 +26,19 @@ def wandb_records(path: Path) -> Iterator:
             yield record
 
 
+def settled_records(path: Path, kinds: set[str], timeout_s: float = 30.0) -> list:
+    """The records of `path` once every record type in `kinds` is there: W&B's service process may still be
+    writing the transaction log for a moment after `run.finish()` returns (seen on a loaded 2-core machine)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = list(wandb_records(path))
+        if kinds <= {r.WhichOneof("record_type") for r in records} or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def record_values(records: list, kind: str) -> dict:
     """Merge the key/value items of every `kind` record ("summary" or "history"); nested keys join with '/'."""
     import json
