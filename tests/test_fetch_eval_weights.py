@@ -1,0 +1,24 @@
+"""scripts/fetch_eval_weights.py: the plan names every evaluator's weights; offline, each failure is reported."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fetch_eval_weights.py"
+
+
+def test_dry_run_lists_every_evaluators_weights():
+    out = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--judge-model", "me/sharegpt4v-7b-hf"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "t2i_compbench: hub Salesforce/blip-vqa-capfilt-large" in out
+    assert "t2i_compbench: hub me/sharegpt4v-7b-hf" in out
+    assert any("c9d0c4f2.pth" in line for line in out)  # GenEval's mmdet checkpoint
+    assert "fidelity: torchvision AlexNet (LPIPS backbone)" in out and len(out) == 9
+
+
+def test_offline_every_missing_item_is_reported_and_the_exit_code_says_so(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--only", "t2i_compbench", "--cache-dir", str(tmp_path)],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.count("FAILED") == 4 and "4 of 4 not fetched" in done.stderr
