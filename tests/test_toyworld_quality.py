@@ -25,4 +25,7 @@ def test_distill_keeps_the_toy_world_where_absmean_collapses(tmp_path):
     assert overall["bf16"] == pytest.approx(FP_OVERALL, abs=0.01)
     assert overall["absmean"] < 0.05  # noise
     assert output_error["distill"] < 0.5 * output_error["gptq"] and output_error["gptq"] < 0.2 * output_error["absmean"]
-    assert overall["distill"] >= 0.70 * overall["bf16"], overall
+    # The toy score of the same distillation moves with float rounding order: 0.366 before the kernels' reference
+    # path applied the scale after the matmul (49fa614), 0.321 after, at the same held-out output error (0.019).
+    # The gate sits below that spread; the output-error checks above are the sharp ones.
+    assert overall["distill"] >= 0.65 * overall["bf16"], overall
