@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from eval.errors import WeightsUnavailableError
+from eval.t2i_compbench.hub import from_hub
 
 BLIP_VQA = "Salesforce/blip-vqa-capfilt-large"
 EXCLUDED_PHRASES = ("top", "the side", "the left", "the right")
@@ -81,13 +82,8 @@ class BlipVQA:
                         device: str | None = None, cache_dir: Path | None = None) -> BlipVQA:
         from transformers import AutoTokenizer, BlipForQuestionAnswering, BlipImageProcessor
 
-        try:
-            kwargs = {"revision": revision, "cache_dir": cache_dir}
-            model = BlipForQuestionAnswering.from_pretrained(model_id, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(model_id, **kwargs)
-            processor = BlipImageProcessor.from_pretrained(model_id, **kwargs)
-        except OSError as e:
-            raise WeightsUnavailableError(f"cannot load {model_id} from the hub or its cache ({e})") from None
+        model, tokenizer, processor = from_hub(model_id, BlipForQuestionAnswering, AutoTokenizer, BlipImageProcessor,
+                                               revision=revision, cache_dir=cache_dir)
         processor.size = {"height": image_size, "width": image_size}
         return cls(model, tokenizer, processor, device, interpolate_pos_encoding=image_size != 384)
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from eval.errors import WeightsUnavailableError
+from eval.t2i_compbench.hub import from_hub
 
 CLIP_B32 = "openai/clip-vit-base-patch32"
 
@@ -29,12 +29,8 @@ class CLIPScore:
                         cache_dir: Path | None = None) -> CLIPScore:
         from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-        try:
-            kwargs = {"revision": revision, "cache_dir": cache_dir}
-            return cls(CLIPModel.from_pretrained(model_id, **kwargs), CLIPTokenizer.from_pretrained(model_id, **kwargs),
-                       CLIPImageProcessor.from_pretrained(model_id, **kwargs), device)
-        except OSError as e:
-            raise WeightsUnavailableError(f"cannot load {model_id} from the hub or its cache ({e})") from None
+        return cls(*from_hub(model_id, CLIPModel, CLIPTokenizer, CLIPImageProcessor, revision=revision,
+                             cache_dir=cache_dir), device)
 
     @torch.no_grad()
     def score(self, image: Image.Image | np.ndarray, text: str) -> float:

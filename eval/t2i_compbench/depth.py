@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms
 
-from eval.errors import WeightsUnavailableError
+from eval.t2i_compbench.hub import from_hub
 
 DPT_HYBRID = "Intel/dpt-hybrid-midas"
 DEPTH_INPUT = 480
@@ -37,10 +37,7 @@ class DepthEstimator:
                         cache_dir: Path | None = None) -> DepthEstimator:
         from transformers import DPTForDepthEstimation
 
-        try:
-            model = DPTForDepthEstimation.from_pretrained(model_id, revision=revision, cache_dir=cache_dir)
-        except OSError as e:
-            raise WeightsUnavailableError(f"cannot load {model_id} from the hub or its cache ({e})") from None
+        (model,) = from_hub(model_id, DPTForDepthEstimation, revision=revision, cache_dir=cache_dir)
         return cls(model, device)
 
     @torch.no_grad()

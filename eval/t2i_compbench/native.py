@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from torchvision.ops import batched_nms, box_convert
 
-from eval.errors import WeightsUnavailableError
 from eval.t2i_compbench.depth import TO_DETECTOR_RESOLUTION
+from eval.t2i_compbench.hub import from_hub
 from eval.t2i_compbench.rules import Detection
 
 OWLV2 = "google/owlv2-base-patch16-ensemble"
@@ -45,13 +45,8 @@ class NativeDetector:
                         device: str | None = None, cache_dir: Path | None = None) -> NativeDetector:
         from transformers import AutoTokenizer, Owlv2ForObjectDetection, Owlv2ImageProcessor
 
-        try:
-            kwargs = {"revision": revision, "cache_dir": cache_dir}
-            model = Owlv2ForObjectDetection.from_pretrained(model_id, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(model_id, **kwargs)
-            processor = Owlv2ImageProcessor.from_pretrained(model_id, **kwargs)
-        except OSError as e:
-            raise WeightsUnavailableError(f"cannot load {model_id} from the hub or its cache ({e})") from None
+        model, tokenizer, processor = from_hub(model_id, Owlv2ForObjectDetection, AutoTokenizer, Owlv2ImageProcessor,
+                                               revision=revision, cache_dir=cache_dir)
         return cls(model, tokenizer, processor, labels, device)
 
     @torch.no_grad()
