@@ -27,10 +27,13 @@ from flux158.modulation import batched_modulation
 from flux158.quant import TernaryConfig, TernaryLinear, quantize_, set_activations
 
 log = logging.getLogger(__name__)
-# variant -> (activation bits, 8-bit format, `kernels.ternary_linear` backend); None is the BF16 model
-VARIANTS = {"bf16": None, "w2a16": (16, "int8", "auto"), "w158a8_int8": (8, "int8", "auto"),
-            "w158a8_fp8": (8, "fp8", "auto"), "w2a16_unpack": (16, "int8", "unpack"),
-            "w158a8_int8_unpack": (8, "int8", "unpack"), "w158a8_fp8_unpack": (8, "fp8", "unpack")}
+# variant -> (activation bits, 8-bit format, `kernels.ternary_linear` backend); None is the BF16 model. Plain names
+# run `auto` (per shape, the faster of fused and unpack measured for this GPU: `kernels.backend_table`); the
+# `_fused` and `_unpack` names force one backend.
+_FORMATS = {"w2a16": (16, "int8"), "w158a8_int8": (8, "int8"), "w158a8_fp8": (8, "fp8")}
+_SUFFIXES = {"": "auto", "_fused": "triton", "_unpack": "unpack"}
+VARIANTS = {"bf16": None} | {name + suffix: (*bits, backend) for name, bits in _FORMATS.items()
+                             for suffix, backend in _SUFFIXES.items()}
 COLUMNS = ["variant", "compiled", "resolution", "per_step_ms", "total_ms", "weights_gib", "peak_gib", "error"]
 
 
@@ -87,7 +90,8 @@ def run(cfg: DictConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     metrics = {"model": cfg.model.name, "quant": "latency", "benchmark": "latency", **provenance.environment(),
-               "triton": _triton_version(), "smoke": smoke, "weights": lat.weights,
+               "triton": _triton_version(), "kernel_table": _kernel_table(device), "smoke": smoke,
+               "weights": lat.weights,
                "settings": {**OmegaConf.to_container(lat, resolve=True), "device": str(device)},
                "metrics": {"rows": rows}}
     for compiled in lat.compile:
@@ -181,6 +185,16 @@ def _speedups(rows: list[dict]) -> None:
                 base["per_step_ms"] / r["per_step_ms"], 3)
         if base and r["peak_gib"] and base["peak_gib"]:
             r["memory_ratio_vs_bf16"] = round(base["peak_gib"] / r["peak_gib"], 2)
+
+
+def _kernel_table(device: torch.device) -> str | None:
+    """Which measured table `auto` reads on this GPU (`kernels.backend_table`), for the record."""
+    if device.type != "cuda":
+        return None
+    from kernels.backend_table import table_for_device
+
+    table = table_for_device(device.index or 0)
+    return f"{table.gpu}: {table.source}" if table else None
 
 
 def _triton_version() -> str | None:

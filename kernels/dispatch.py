@@ -8,6 +8,7 @@ from typing import Literal, Optional
 
 import torch
 
+from kernels.backend_table import choose_from_plan, table_for_device
 from kernels.reference import check_act_format, ternary_linear_ref
 
 ActFormat = Optional[Literal["int8", "fp8"]]
@@ -31,6 +32,19 @@ def kernel_available(x: torch.Tensor, act: ActFormat = None) -> bool:
     return act is not None or x.dtype in (torch.bfloat16, torch.float16)
 
 
+@torch.compiler.assume_constant_result  # read once while torch.compile traces; M is compared in the graph's guards
+def _measured_plan(device_index: int, act: str, k: int, n: int) -> tuple[tuple[int | None, str], ...]:
+    table = table_for_device(device_index)
+    return table.plan(act, k, n) if table is not None else ()
+
+
+def auto_backend(x: torch.Tensor, act: ActFormat, in_features: int, out_features: int) -> str:
+    """`triton` or `unpack` for `x` on a GPU: the faster one measured for this GPU, format, shape and M
+    (`kernels.backend_table`), the fused kernels where nothing was measured."""
+    plan = _measured_plan(x.device.index or 0, act or "bf16", in_features, out_features)
+    return choose_from_plan(plan, x.numel() // in_features)
+
+
 def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
                    in_features: int, act: ActFormat = None, backend: str = "auto") -> torch.Tensor:
     """y = x @ (scale * codes)^T + bias for codes packed in the `2bit` layout, output in x's dtype.
@@ -41,7 +55,8 @@ def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, b
         scale: float32 with 1 (per tensor) or out_features (per channel) elements.
         bias: (out_features,) or None.
         act: None keeps 16-bit activations (W2A16); `int8` / `fp8` quantizes them per token (W1.58A8).
-        backend: `auto` (Triton when `kernel_available` and no gradient is needed, else the reference),
+        backend: `auto` (where `kernel_available` and no gradient is needed, the fused kernels or the unpack
+            path, whichever `kernels.backend_table` measured faster for this GPU and shape; else the reference),
             `triton` (the fused kernels; also on CPU under TRITON_INTERPRET=1), `unpack` (this layer unpacked to a
             temporary dense weight, then cuBLAS / `_int_mm` / `_scaled_mm`; the fused kernels where those refuse
             the shape) or `reference`. `unpack` with 16-bit activations folds the scale into BF16 weights, so it
@@ -53,7 +68,10 @@ def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, b
     if backend == "auto":
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, scale, bias))
-        backend = "triton" if kernel_available(x, act) and not needs_grad else "reference"
+        if kernel_available(x, act) and not needs_grad:
+            backend = auto_backend(x, act, in_features, packed.shape[1])
+        else:
+            backend = "reference"
     if backend == "reference":
         return ternary_linear_ref(x, packed, scale, bias, in_features, act)
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared GPU session (see docs/performance.md): kernel tests, kernels.bench, experiment=latency.
-# Sized for a 15-minute lease: PART=kernels ~6 min, latency_eager ~3 min, latency_compiled ~4 min (H200).
+# Sized for a 15-minute lease: PART=kernels ~6 min, latency_eager ~3.5 min, latency_compiled ~4 min (H200).
 #   PART=kernels|latency_eager|latency_compiled|all  bash scripts/gpu_check.sh   (writes under $OUT, default ./gpu_out)
 # Needs diffusers / hydra-core / omegaconf where the GPU image lacks them: wheels in .whl/ are installed first.
 set -u
@@ -21,15 +21,16 @@ if [[ $PART == kernels || $PART == all ]]; then
     2>&1 | tee "$OUT/bench.log" | tail -80
 fi
 if [[ $PART == latency_eager || $PART == all ]]; then
-  timeout "${T_LAT:-150}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-eager \
-    'latency.variants=[bf16,w2a16,w158a8_int8,w158a8_fp8]' 'latency.compile=[false]' latency.pipeline_memory=false \
+  timeout "${T_LAT:-200}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-eager \
+    "latency.variants=${VARIANTS_EAGER:-[bf16,w2a16,w2a16_fused,w158a8_int8,w158a8_fp8,w158a8_fp8_fused]}" \
+    'latency.compile=[false]' latency.pipeline_memory=false \
     2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/latency_eager.log"
   cp outputs/latency/flux-dev-cuda/metrics.json "$OUT/latency_eager.json" 2>/dev/null
 fi
 if [[ $PART == latency_compiled || $PART == all ]]; then
   timeout "${T_LATC:-300}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-compiled \
-    "latency.variants=${VARIANTS:-[bf16,w2a16,w158a8_int8,w2a16_unpack,w158a8_fp8_unpack]}" 'latency.compile=[true]' \
+    "latency.variants=${VARIANTS:-[bf16,w2a16,w2a16_fused,w158a8_fp8,w158a8_fp8_fused]}" 'latency.compile=[true]' \
     "latency.resolutions=${RES:-[1024]}" latency.pipeline_memory=false 2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/latency_compiled.log"
   cp outputs/latency/flux-dev-cuda/metrics.json "$OUT/latency_compiled.json" 2>/dev/null

@@ -1,4 +1,4 @@
-"""CLI: `python -m kernels.bench [--m 1 16 ...] [--shapes qkvo ...] [--methods ...] [--out bench.csv]`.
+"""CLI: `python -m kernels.bench [--m 1 16 ...] [--shapes qkvo ...] [--methods ...] [--out bench.csv] [--table t.json]`.
 
 Each cell is timed with `triton.testing.do_bench` (median and p10/p90 of CUDA-event timings, L2 flushed before every
 call) while cycling through `--rotate` distinct weight sets; its output is checked against the pure-torch reference
@@ -17,6 +17,7 @@ import torch
 from kernels.bench.methods import METHODS, Problem, build
 from kernels.bench.roofline import gemm_bytes, peaks_for, roofline_seconds
 from kernels.bench.shapes import FLUX_SHAPES, M_VALUES
+from kernels.bench.table import table_from_timings
 
 COLUMNS = ["gpu", "shape", "m", "k", "n", "method", "us_median", "us_p10", "us_p90", "tflops", "gbs",
            "roofline_pct", "speedup_vs_bf16", "rel_err", "note"]
@@ -31,6 +32,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rotate", type=int, default=8, help="distinct weight sets cycled through (defeats L2)")
     ap.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition time per cell")
     ap.add_argument("--out", type=Path, default=Path("kernels_bench.csv"))
+    ap.add_argument("--table", type=Path, help="also write the backend table `auto` reads (kernels.backend_table)")
     return ap.parse_args(argv)
 
 
@@ -92,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
                 del problem
                 torch.cuda.empty_cache()
     print(f"wrote {args.out} ({len(rows)} timings on {gpu})")
+    if args.table:
+        table = table_from_timings(rows, torch.cuda.get_device_capability(), f"kernels.bench: {args.out.name}")
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(table.to_json())
+        print(f"wrote {args.table}: set FLUX158_KERNEL_TABLE={args.table} (or ship it in kernels/tables/)")
     return 0
 
 

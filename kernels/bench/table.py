@@ -1,0 +1,72 @@
+"""A `kernels.backend_table.BackendTable` from `kernels.bench` timings.
+
+    python -m kernels.bench.table RUN.csv [RUN2.csv ...] --capability 9.0 --out kernels/tables/nvidia_h200.json
+
+(`python -m kernels.bench --table PATH` writes one straight after a run.) Per activation format, shape and M the
+faster of the fused kernel and the unpack baseline wins; with several runs each cell keeps its fastest time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from kernels.backend_table import BackendTable, ShapeChoice
+
+# activation operand -> (fused kernel method, unpack baseline method) in `kernels.bench.methods.METHODS`
+PAIRS = {"bf16": ("w2a16", "unpack_bf16"), "int8": ("w158a8_int8", "unpack_int8"),
+         "fp8": ("w158a8_fp8", "unpack_fp8")}
+
+
+def table_from_timings(rows: Iterable[Mapping], capability: tuple[int, int], source: str) -> BackendTable:
+    """Rows with gpu, m, k, n, method and us_median (as `kernels.bench` writes them; untimed cells are skipped)."""
+    best: dict[tuple[str, int, int, int], float] = {}
+    gpus = set()
+    for row in rows:
+        if not row.get("us_median"):
+            continue
+        gpus.add(row["gpu"])
+        key = (row["method"], int(row["k"]), int(row["n"]), int(row["m"]))
+        best[key] = min(best.get(key, float("inf")), float(row["us_median"]))
+    if len(gpus) != 1:
+        raise ValueError(f"timings must come from one GPU, got {sorted(gpus) or 'none'}")
+    choices = {}
+    for act, (fused, unpack) in PAIRS.items():
+        for k, n in sorted({(k, n) for (method, k, n, _) in best if method in (fused, unpack)}):
+            ms = sorted({m for (method, kk, nn, m) in best if method in (fused, unpack) and (kk, nn) == (k, n)})
+            fused_us = tuple(best.get((fused, k, n, m)) for m in ms)
+            unpack_us = tuple(best.get((unpack, k, n, m)) for m in ms)
+            backends = tuple("unpack" if u is not None and (f is None or u < f) else "triton"
+                             for f, u in zip(fused_us, unpack_us, strict=True))
+            choices[(act, k, n)] = ShapeChoice(tuple(ms), backends, {"triton": fused_us, "unpack": unpack_us})
+    return BackendTable(gpus.pop(), tuple(capability), source, choices)
+
+
+def _capability(text: str) -> tuple[int, int]:
+    major, _, minor = text.partition(".")
+    return int(major), int(minor or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m kernels.bench.table", description=__doc__.splitlines()[0])
+    ap.add_argument("csv", type=Path, nargs="+", help="kernels.bench output files from one GPU")
+    ap.add_argument("--capability", type=_capability, required=True, help="the GPU's compute capability, e.g. 9.0")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    rows = []
+    for path in args.csv:
+        with open(path, newline="") as f:
+            rows += list(csv.DictReader(f))
+    table = table_from_timings(rows, args.capability, "kernels.bench: " + ", ".join(p.name for p in args.csv))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table.to_json())
+    switched = sum(b == "unpack" for c in table.choices.values() for b in c.backends)
+    print(f"wrote {args.out}: {len(table.choices)} shapes on {table.gpu}, unpack faster in {switched} cells")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
