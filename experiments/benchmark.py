@@ -34,7 +34,8 @@ _FORMATS = {"w2a16": (16, "int8"), "w158a8_int8": (8, "int8"), "w158a8_fp8": (8,
 _SUFFIXES = {"": "auto", "_fused": "triton", "_unpack": "unpack"}
 VARIANTS = {"bf16": None} | {name + suffix: (*bits, backend) for name, bits in _FORMATS.items()
                              for suffix, backend in _SUFFIXES.items()}
-COLUMNS = ["variant", "compiled", "resolution", "per_step_ms", "total_ms", "weights_gib", "peak_gib", "error"]
+COLUMNS = ["variant", "compiled", "cuda_graph", "resolution", "per_step_ms", "total_ms", "weights_gib", "peak_gib",
+           "error"]
 
 
 def _architecture(cfg: DictConfig) -> dict:
@@ -82,6 +83,10 @@ def run(cfg: DictConfig) -> Path:
     unknown = [v for v in lat.variants if v not in VARIANTS]
     if unknown:
         raise Flux158Error(f"unknown latency variant(s) {unknown}; choose from {list(VARIANTS)}")
+    graphs = list(lat.cuda_graph)
+    if any(graphs) and lat.batched_modulation:
+        raise Flux158Error("latency.cuda_graph=true replays one captured step and cannot run batched modulation's "
+                           "per-step hook; set latency.batched_modulation=false")
     arch = _architecture(cfg)
     dtype = parse_dtype(lat.dtype)
     torch._dynamo.config.automatic_dynamic_shapes = False  # one static graph per resolution, as in deployment
@@ -109,20 +114,26 @@ def run(cfg: DictConfig) -> Path:
             for resolution in lat.resolutions:
                 settings = StepSettings(resolution, resolution, lat.steps, lat.warmup, 1, lat.text_tokens)
                 inputs = transformer_inputs(arch, settings, device, dtype)
-                with ExitStack() as stack:
-                    if lat.batched_modulation:  # all steps' modulation vectors in one pass per layer
-                        stack.enter_context(batched_modulation(model, settings.timesteps(device),
-                                                               inputs["pooled_projections"], inputs.get("guidance")))
-                    timing = time_steps(model, inputs, settings)
-                row = {"variant": variant, "compiled": compiled, "resolution": resolution,
-                       "per_step_ms": timing.per_step_ms, "total_ms": timing.total_ms,
-                       "weights_gib": _gib(timing.weights_bytes), "peak_gib": _gib(timing.peak_bytes),
-                       "error": timing.error}
-                rows.append(row)
-                log.info("latency %s%s %dpx: %s", variant, " (compiled)" if compiled else "", resolution,
-                         timing.error or f"{timing.per_step_ms:.2f} ms/step, {lat.steps} steps "
-                         f"{timing.total_ms / 1e3:.2f} s, peak {_gib(timing.peak_bytes)} GiB")
-                atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # partial results survive
+                for graphed in graphs:
+                    if graphed and smoke:
+                        log.info("latency: CUDA-graphed steps are timed on GPUs only; skipping on CPU")
+                        continue
+                    with ExitStack() as stack:
+                        if lat.batched_modulation:  # all steps' modulation vectors in one pass per layer
+                            stack.enter_context(batched_modulation(model, settings.timesteps(device),
+                                                                   inputs["pooled_projections"],
+                                                                   inputs.get("guidance")))
+                        timing = time_steps(model, inputs, settings, cuda_graph=graphed)
+                    row = {"variant": variant, "compiled": compiled, "cuda_graph": graphed, "resolution": resolution,
+                           "per_step_ms": timing.per_step_ms, "total_ms": timing.total_ms,
+                           "weights_gib": _gib(timing.weights_bytes), "peak_gib": _gib(timing.peak_bytes),
+                           "error": timing.error}
+                    rows.append(row)
+                    mode = ("compiled" if compiled else "eager") + (", CUDA graph" if graphed else "")
+                    log.info("latency %s (%s) %dpx: %s", variant, mode, resolution,
+                             timing.error or f"{timing.per_step_ms:.2f} ms/step, {lat.steps} steps "
+                             f"{timing.total_ms / 1e3:.2f} s, peak {_gib(timing.peak_bytes)} GiB")
+                    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # partial results survive
         del model
         gc.collect()
     _speedups(rows)
@@ -173,13 +184,11 @@ def _pipeline_memory(cfg: DictConfig, device: torch.device) -> list[dict]:
 
 
 def _speedups(rows: list[dict]) -> None:
-    """Each row's speedup over compiled BF16 (eager BF16 where nothing was compiled) at its resolution, and its
-    peak memory over BF16's."""
+    """Each row's speedup over BF16 at its resolution, and its peak memory over BF16's. The baseline is compiled BF16
+    without a CUDA graph where measured, else eager BF16 without one, else any BF16 row."""
     for r in rows:
-        base = next((b for b in rows if b["variant"] == "bf16" and b["resolution"] == r["resolution"]
-                     and b["compiled"] and b["per_step_ms"]), None) or next(
-            (b for b in rows if b["variant"] == "bf16" and b["resolution"] == r["resolution"] and b["per_step_ms"]),
-            None)
+        bf16 = [b for b in rows if b["variant"] == "bf16" and b["resolution"] == r["resolution"] and b["per_step_ms"]]
+        base = min(bf16, key=lambda b: (not b["compiled"], bool(b.get("cuda_graph"))), default=None)
         if base and r["per_step_ms"]:
             r["speedup_vs_bf16_compiled" if base["compiled"] else "speedup_vs_bf16_eager"] = round(
                 base["per_step_ms"] / r["per_step_ms"], 3)

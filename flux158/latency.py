@@ -82,6 +82,39 @@ def transformer_inputs(config: dict, settings: StepSettings, device: torch.devic
     return inputs
 
 
+class GraphedStep:
+    """One transformer call captured as a CUDA graph: every later call copies its tensors into the captured inputs
+    and replays the graph, so the step costs no per-kernel host launches (the small-M linears are launch-bound).
+
+    The inputs' shapes and non-tensor arguments are fixed at capture; the returned tensors are the graph's static
+    outputs, overwritten by the next call. Forward hooks run at capture only, so a hook that must act per step
+    (batched modulation's step selection) cannot be graphed and is refused.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, inputs: dict, warmup: int = 2) -> None:
+        if transformer._forward_pre_hooks or transformer._forward_hooks:
+            raise ValueError("a CUDA-graphed step replays no forward hooks; remove them (e.g. batched_modulation)")
+        self.static = {k: v.clone() if torch.is_tensor(v) else v for k, v in inputs.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # autotuning, lazy initialisation and allocator growth happen outside capture
+            for _ in range(warmup):
+                transformer(**self.static)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = transformer(**self.static)
+
+    def __call__(self, **kwargs) -> tuple:
+        for key, value in kwargs.items():
+            if torch.is_tensor(value):
+                self.static[key].copy_(value)
+            elif value != self.static[key]:
+                raise ValueError(f"argument {key}={value!r} differs from the captured {self.static[key]!r}")
+        self.graph.replay()
+        return self.outputs
+
+
 def _loop(transformer: torch.nn.Module, inputs: dict, timesteps: torch.Tensor) -> torch.Tensor:
     latents = inputs["hidden_states"]
     for i, t in enumerate(timesteps):
@@ -91,10 +124,14 @@ def _loop(transformer: torch.nn.Module, inputs: dict, timesteps: torch.Tensor) -
     return latents
 
 
-def time_steps(transformer: torch.nn.Module, inputs: dict, settings: StepSettings) -> StepTiming:
-    """Warm up, then time `settings.steps` calls (CUDA events on a GPU, wall clock elsewhere)."""
+def time_steps(transformer: torch.nn.Module, inputs: dict, settings: StepSettings,
+               cuda_graph: bool = False) -> StepTiming:
+    """Warm up, then time `settings.steps` calls (CUDA events on a GPU, wall clock elsewhere). With `cuda_graph`
+    (CUDA only) the step is captured once after warm-up (`GraphedStep`) and the timed calls replay it."""
     device = inputs["hidden_states"].device
     cuda = device.type == "cuda"
+    if cuda_graph and not cuda:
+        raise ValueError("cuda_graph=True needs the transformer and inputs on a CUDA device")
     timesteps = settings.timesteps(device)
     try:
         with torch.inference_mode():
@@ -107,6 +144,10 @@ def time_steps(transformer: torch.nn.Module, inputs: dict, settings: StepSetting
             torch.cuda.synchronize(device)
             weights = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
+            if cuda_graph:  # captured after the reset: replays allocate nothing, the capture allocated the peak
+                first = {**inputs, "timestep": timesteps[:1].expand(inputs["hidden_states"].shape[0])}
+                transformer = GraphedStep(transformer, first)
+                torch.cuda.synchronize(device)
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
             _loop(transformer, inputs, timesteps)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One prepared GPU session (see docs/performance.md): kernel tests, kernels.bench, experiment=latency.
-# Sized for a 15-minute lease: PART=kernels ~6 min, latency_eager ~3.5 min, latency_compiled ~4 min (H200).
-#   PART=kernels|latency_eager|latency_compiled|all  bash scripts/gpu_check.sh   (writes under $OUT, default ./gpu_out)
+# Sized for a 15-minute lease: PART=kernels ~6 min, latency_eager ~3.5 min, latency_compiled ~4 min (H200);
+# PART=graphs (not in all; unmeasured, budget ~4 min): small-M kernels and eager steps replayed from CUDA graphs.
+#   PART=kernels|latency_eager|latency_compiled|graphs|all  bash scripts/gpu_check.sh   (writes under $OUT)
 # Needs diffusers / hydra-core / omegaconf where the GPU image lacks them: wheels in .whl/ are installed first.
 set -u
-OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
+OUT=${OUT:-gpu_out}; mkdir -p "$OUT"  # default ./gpu_out
 PART=${PART:-all}
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -34,4 +35,16 @@ if [[ $PART == latency_compiled || $PART == all ]]; then
     "latency.resolutions=${RES:-[1024]}" latency.pipeline_memory=false 2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/latency_compiled.log"
   cp outputs/latency/flux-dev-cuda/metrics.json "$OUT/latency_compiled.json" 2>/dev/null
+fi
+if [[ $PART == graphs ]]; then
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_latency.py -m gpu 2>&1 | tail -5 \
+    | tee "$OUT/gpu_graph_tests.log"
+  timeout "${T_GRAPH_BENCH:-100}" python3 -m kernels.bench --cuda-graph --rotate 32 --m 1 16 --rep-ms 30 \
+    --methods bf16 unpack_bf16 w2a16 w158a8_int8 w158a8_fp8 --out "$OUT/kernels_bench_graph.csv" \
+    2>&1 | tee "$OUT/bench_graph.log" | tail -40
+  timeout "${T_GRAPH_LAT:-150}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-graph \
+    'latency.variants=[bf16,w2a16,w158a8_int8]' 'latency.compile=[false]' 'latency.cuda_graph=[false,true]' \
+    'latency.resolutions=[1024]' latency.pipeline_memory=false 2>&1 \
+    | grep -E "latency|Error|error" | tee "$OUT/latency_graph.log"
+  cp outputs/latency/flux-dev-cuda/metrics.json "$OUT/latency_graph.json" 2>/dev/null
 fi

@@ -40,8 +40,11 @@ def test_table_keeps_the_faster_backend_and_the_best_of_several_runs():
     assert bf16.us["triton"] == (50.0, 70.0, 500.0) and bf16.us["unpack"] == (60.0, 80.0, 300.0)
     assert int8.backends == ("triton", "unpack") and int8.us["unpack"] == (None, 390.0)
     assert ("fp8", 64, 32) not in table.choices
+    assert table.source == "test (events, L2 flushed)"
     with pytest.raises(ValueError, match="one GPU"):
         table_from_timings(rows + [_row("w2a16", 1, 1.0, gpu="NVIDIA A100")], (9, 0), "test")
+    with pytest.raises(ValueError, match="one method"):
+        table_from_timings(rows + [{**_row("w2a16", 1, 1.0), "timing": "cuda graph"}], (9, 0), "test")
 
 
 def _nearest_measured(ms, m):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from experiments import benchmark
-from flux158.latency import StepSettings, random_transformer, time_steps, transformer_inputs
+from flux158.errors import Flux158Error
+from flux158.latency import GraphedStep, StepSettings, random_transformer, time_steps, transformer_inputs
 from kernels.bench.methods import METHODS, Problem, build
 
 TINY = {"patch_size": 1, "in_channels": 16, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
@@ -38,6 +40,41 @@ def test_speedups_prefer_compiled_bf16_at_the_same_resolution():
     assert rows[2]["speedup_vs_bf16_compiled"] == 1.5 and rows[2]["memory_ratio_vs_bf16"] == 5.0
     assert "speedup_vs_bf16_compiled" not in rows[3]  # no BF16 at 1024: nothing to compare with
     assert "speedup_vs_bf16_compiled" not in rows[4]  # OOM stays OOM
+    graphed = [{"variant": "bf16", "compiled": True, "cuda_graph": True, "resolution": 512, "per_step_ms": 10.0,
+                "peak_gib": 21.0},
+               {"variant": "bf16", "compiled": True, "cuda_graph": False, "resolution": 512, "per_step_ms": 30.0,
+                "peak_gib": 20.0},
+               {"variant": "w2a16", "compiled": False, "cuda_graph": True, "resolution": 512, "per_step_ms": 20.0,
+                "peak_gib": 4.0}]
+    benchmark._speedups(graphed)  # the baseline stays compiled BF16 without a graph, listed first or not
+    assert graphed[2]["speedup_vs_bf16_compiled"] == 1.5 and graphed[0]["speedup_vs_bf16_compiled"] == 3.0
+
+
+def test_cuda_graph_refusals_off_gpu_and_with_hooks():
+    model = random_transformer(TINY, torch.device("cpu"), torch.float32)
+    settings = StepSettings(height=32, width=32, steps=2, warmup=1, text_tokens=4)
+    inputs = transformer_inputs(TINY, settings, torch.device("cpu"), torch.float32)
+    with pytest.raises(ValueError, match="CUDA device"):
+        time_steps(model, inputs, settings, cuda_graph=True)
+    model.register_forward_pre_hook(lambda module, args: None)
+    with pytest.raises(ValueError, match="no forward hooks"):
+        GraphedStep(model, inputs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graphed_step_replays_the_eager_step():
+    model = random_transformer(TINY, torch.device("cuda"), torch.bfloat16)
+    settings = StepSettings(height=64, width=64, steps=3, warmup=1, text_tokens=8)
+    inputs = transformer_inputs(TINY, settings, torch.device("cuda"), torch.bfloat16)
+    with torch.inference_mode():
+        calls = [{**inputs, "hidden_states": inputs["hidden_states"] * (i + 1), "timestep": t.expand(1)}
+                 for i, t in enumerate(settings.timesteps(torch.device("cuda")))]
+        graphed = GraphedStep(model, calls[0])
+        for call in calls:  # new inputs each call, as in sampling
+            assert torch.equal(graphed(**call)[0], model(**call)[0])
+        timing = time_steps(model, inputs, settings, cuda_graph=True)
+    assert timing.error is None and timing.per_step_ms > 0 and timing.peak_bytes >= timing.weights_bytes
 
 
 def test_latency_smoke_run_on_cpu(compose, tmp_path):
@@ -49,10 +86,18 @@ def test_latency_smoke_run_on_cpu(compose, tmp_path):
     assert metrics["smoke"] is True and metrics["settings"]["device"] == "cpu"
     rows = metrics["metrics"]["rows"]
     assert [r["variant"] for r in rows] == ["bf16", "w2a16", "w158a8_int8"]  # compiled runs are GPU-only
-    assert all(r["per_step_ms"] > 0 and not r["compiled"] for r in rows)
+    assert all(r["per_step_ms"] > 0 and not r["compiled"] and not r["cuda_graph"] for r in rows)
     pipeline = metrics["metrics"]["pipeline"]  # the whole tiny pipeline ran once per variant (no CUDA: no peak)
     assert [p["variant"] for p in pipeline] == ["bf16", "w2a16", "w158a8_int8"]
     assert all(p["error"] is None and p["pipeline_peak_gib"] is None for p in pipeline)
+    assert metrics["kernel_table"] is None  # `auto` reads a measured table on GPUs only
+
+
+def test_latency_refuses_cuda_graphs_with_batched_modulation(compose):
+    cfg = compose("experiment=latency", "model=tiny", "logger=none", "latency.batched_modulation=true",
+                  "latency.cuda_graph=[false,true]")
+    with pytest.raises(Flux158Error, match="batched_modulation=false"):
+        benchmark.run(cfg)
 
 
 def test_bench_baselines_compute_the_reference():

@@ -35,9 +35,10 @@ def _latency(gpu, rows, smoke=False):
             "metrics": {"rows": rows}}
 
 
-def _row(variant, resolution, total_ms=None, peak_gib=None, compiled=False, error=None):
-    return {"variant": variant, "compiled": compiled, "resolution": resolution, "total_ms": total_ms,
-            "per_step_ms": None if total_ms is None else total_ms / 50, "peak_gib": peak_gib, "error": error}
+def _row(variant, resolution, total_ms=None, peak_gib=None, compiled=False, error=None, graph=False):
+    return {"variant": variant, "compiled": compiled, "cuda_graph": graph, "resolution": resolution,
+            "total_ms": total_ms, "per_step_ms": None if total_ms is None else total_ms / 50, "peak_gib": peak_gib,
+            "error": error}
 
 
 def _write(root: Path, rel: str, obj) -> None:
@@ -98,17 +99,19 @@ def test_table_3_merges_gpus_keeps_oom_and_a_rerun_replaces_its_cell(tmp_path):
     results = results_from_json([
         (_latency("NVIDIA H100", [_row("bf16", 1024, 20_000, 23.5), _row("w2a16", 1024, error="OOM")]), "a"),
         (_latency("NVIDIA H200", [_row("bf16", 1024, 15_000, 23.5), _row("w2a16", 1024, 18_000, 4.0),
-                                  _row("w2a16", 1024, 12_000, 4.0, compiled=True)]), "b"),
+                                  _row("w2a16", 1024, 12_000, 4.0, compiled=True),
+                                  _row("w2a16", 1024, 9_000, 4.1, compiled=True, graph=True)]), "b"),
         (_latency("NVIDIA H100", [_row("w2a16", 1024, 25_000, 4.5)]), "c"),  # the later H100 run
         (_latency("cpu", [_row("bf16", 64, 1_500)], smoke=True), "d"),
     ])
     assert to_markdown(latency_table(results), digits=1) == (
-        "| variant   | mode     | resolution   | NVIDIA H100   | NVIDIA H200   | cpu (CPU smoke)   |\n"
-        "|:----------|:---------|:-------------|:--------------|:--------------|:------------------|\n"
-        "| bf16      | eager    | 64           | —             | —             | 1.5               |\n"
-        "| bf16      | eager    | 1024         | 20.0          | 15.0          | —                 |\n"
-        "| w2a16     | compiled | 1024         | —             | 12.0          | —                 |\n"
-        "| w2a16     | eager    | 1024         | 25.0          | 18.0          | —                 |\n")
+        "| variant   | mode                  | resolution   | NVIDIA H100   | NVIDIA H200   | cpu (CPU smoke)   |\n"
+        "|:----------|:----------------------|:-------------|:--------------|:--------------|:------------------|\n"
+        "| bf16      | eager                 | 64           | —             | —             | 1.5               |\n"
+        "| bf16      | eager                 | 1024         | 20.0          | 15.0          | —                 |\n"
+        "| w2a16     | compiled              | 1024         | —             | 12.0          | —                 |\n"
+        "| w2a16     | compiled + CUDA graph | 1024         | —             | 9.0           | —                 |\n"
+        "| w2a16     | eager                 | 1024         | 25.0          | 18.0          | —                 |\n")
     oom_only = results_from_json([(_latency("NVIDIA A10", [_row("bf16", 1024, error="OOM")]), "e")])
     assert latency_table(oom_only).iloc[0]["NVIDIA A10"] == "OOM"
     # Fig. 2 memory: eager peaks at the largest resolution; 23.5 / 4.5 on the H100, 23.5 / 4.0 on the H200

@@ -80,7 +80,7 @@ def latency_rows(results: Sequence[Result]) -> pd.DataFrame:
     cells: dict[tuple, dict] = {}
     for result in _ours(results, "latency"):
         for row in result.metrics.get("rows", []):
-            mode = "compiled" if row.get("compiled") else "eager"
+            mode = ("compiled" if row.get("compiled") else "eager") + (" + CUDA graph" if row.get("cuda_graph") else "")
             key = (_gpu_label(result), row["variant"], mode, int(row["resolution"]))
             total = _number(row.get("total_ms"))
             cells[key] = {"gpu": key[0], "variant": key[1], "mode": mode, "resolution": key[3],

@@ -3,6 +3,10 @@
 Each cell is timed with `triton.testing.do_bench` (median and p10/p90 of CUDA-event timings, L2 flushed before every
 call) while cycling through `--rotate` distinct weight sets; its output is checked against the pure-torch reference
 (relative Frobenius error). BF16 is re-run in the same process, so speedups compare like with like.
+
+`--cuda-graph` times the calls replayed from a captured CUDA graph instead (`do_bench_cudagraph`): the GPU time
+without host launch overhead, which is what a CUDA-graphed or compiled step pays at small M. It cannot flush L2
+between calls, so raise `--rotate` until the rotated weights exceed L2 (the `timing` column says which was used).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from kernels.bench.roofline import gemm_bytes, peaks_for, roofline_seconds
 from kernels.bench.shapes import FLUX_SHAPES, M_VALUES
 from kernels.bench.table import table_from_timings
 
-COLUMNS = ["gpu", "shape", "m", "k", "n", "method", "us_median", "us_p10", "us_p90", "tflops", "gbs",
+COLUMNS = ["gpu", "timing", "shape", "m", "k", "n", "method", "us_median", "us_p10", "us_p90", "tflops", "gbs",
            "roofline_pct", "speedup_vs_bf16", "rel_err", "note"]
 
 
@@ -31,6 +35,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--rotate", type=int, default=8, help="distinct weight sets cycled through (defeats L2)")
     ap.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition time per cell")
+    ap.add_argument("--cuda-graph", action="store_true", help="time replays of a captured CUDA graph (no host cost)")
     ap.add_argument("--out", type=Path, default=Path("kernels_bench.csv"))
     ap.add_argument("--table", type=Path, help="also write the backend table `auto` reads (kernels.backend_table)")
     return ap.parse_args(argv)
@@ -42,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         print("kernels.bench times CUDA kernels; no GPU is visible (on CPU, run the tests under TRITON_INTERPRET=1)",
               file=sys.stderr)
         return 2
-    from triton.testing import do_bench
+    from triton.testing import do_bench, do_bench_cudagraph
+
+    def timed(fn):
+        if args.cuda_graph:
+            return do_bench_cudagraph(fn, rep=args.rep_ms, quantiles=[0.5, 0.1, 0.9])
+        return do_bench(fn, warmup=25, rep=args.rep_ms, quantiles=[0.5, 0.1, 0.9])
 
     gpu = torch.cuda.get_device_name()
     peaks = peaks_for(gpu)
@@ -57,14 +67,15 @@ def main(argv: list[str] | None = None) -> int:
                 bf16_us = None
                 for name in args.methods:
                     method = METHODS[name]
-                    row = {"gpu": gpu, "shape": shape.name, "m": m, "k": shape.k, "n": shape.n, "method": name}
+                    row = {"gpu": gpu, "timing": "cuda graph" if args.cuda_graph else "events, L2 flushed",
+                           "shape": shape.name, "m": m, "k": shape.k, "n": shape.n, "method": name}
                     try:
                         fn = build(name, problem)
                         out = fn()
                         if method.backend != "cublas":  # random BF16 weights are not the ternary ones
                             ref = problem.reference(method.act)
                             row["rel_err"] = f"{((out.float() - ref).norm() / ref.norm()).item():.2e}"
-                        ms = do_bench(fn, warmup=25, rep=args.rep_ms, quantiles=[0.5, 0.1, 0.9])
+                        ms = timed(fn)
                     except (RuntimeError, ValueError) as e:  # e.g. a library GEMM that refuses this shape
                         row["note"] = str(e).splitlines()[0][:120]
                         writer.writerow(row)

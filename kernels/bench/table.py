@@ -24,15 +24,18 @@ PAIRS = {"bf16": ("w2a16", "unpack_bf16"), "int8": ("w158a8_int8", "unpack_int8"
 def table_from_timings(rows: Iterable[Mapping], capability: tuple[int, int], source: str) -> BackendTable:
     """Rows with gpu, m, k, n, method and us_median (as `kernels.bench` writes them; untimed cells are skipped)."""
     best: dict[tuple[str, int, int, int], float] = {}
-    gpus = set()
+    gpus, timings = set(), set()
     for row in rows:
         if not row.get("us_median"):
             continue
         gpus.add(row["gpu"])
+        timings.add(row.get("timing") or "events, L2 flushed")  # runs before the column existed used events
         key = (row["method"], int(row["k"]), int(row["n"]), int(row["m"]))
         best[key] = min(best.get(key, float("inf")), float(row["us_median"]))
     if len(gpus) != 1:
         raise ValueError(f"timings must come from one GPU, got {sorted(gpus) or 'none'}")
+    if len(timings) != 1:  # eager launches and graph replays rank the backends differently at small M
+        raise ValueError(f"timings must use one method, got {sorted(timings)}")
     choices = {}
     for act, (fused, unpack) in PAIRS.items():
         for k, n in sorted({(k, n) for (method, k, n, _) in best if method in (fused, unpack)}):
@@ -42,7 +45,7 @@ def table_from_timings(rows: Iterable[Mapping], capability: tuple[int, int], sou
             backends = tuple("unpack" if u is not None and (f is None or u < f) else "triton"
                              for f, u in zip(fused_us, unpack_us, strict=True))
             choices[(act, k, n)] = ShapeChoice(tuple(ms), backends, {"triton": fused_us, "unpack": unpack_us})
-    return BackendTable(gpus.pop(), tuple(capability), source, choices)
+    return BackendTable(gpus.pop(), tuple(capability), f"{source} ({timings.pop()})", choices)
 
 
 def _capability(text: str) -> tuple[int, int]:
