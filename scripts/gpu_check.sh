@@ -40,7 +40,7 @@ if [[ $PART == graphs ]]; then
   timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_latency.py -m gpu 2>&1 | tail -5 \
     | tee "$OUT/gpu_graph_tests.log"
   timeout "${T_GRAPH_BENCH:-100}" python3 -m kernels.bench --cuda-graph --rotate 32 --m 1 16 --rep-ms 30 \
-    --methods bf16 unpack_bf16 w2a16 w158a8_int8 w158a8_fp8 --out "$OUT/kernels_bench_graph.csv" \
+    --out "$OUT/kernels_bench_graph.csv" \
     2>&1 | tee "$OUT/bench_graph.log" | tail -40
   timeout "${T_GRAPH_LAT:-150}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-graph \
     'latency.variants=[bf16,w2a16,w158a8_int8]' 'latency.compile=[false]' 'latency.cuda_graph=[false,true]' \
