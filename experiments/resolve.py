@@ -197,6 +197,7 @@ def artifact_dir(cfg: DictConfig, stage: str, keys: list[str]) -> tuple[Path, di
     config = quant_config(cfg) if "quant" in keys else None
     if config is not None and config.needs_calibration and not cfg.quant.get("checkpoint"):
         keys = [*keys, *CALIBRATION_KEYS[1:]]
-    if cfg.get("batched_modulation") and "sampler" in keys:  # can move images by rounding: keyed only when on
-        keys = [*keys, "batched_modulation"]
+    for speedup in ("batched_modulation", "compile"):  # they can move images by rounding: keyed only when on
+        if cfg.get(speedup) and "sampler" in keys:
+            keys = [*keys, speedup]
     return keyed_dir(cfg, [stage, cfg.benchmark.name], f"{cfg.model.name}-{cfg.quant.name}", keys)

@@ -54,7 +54,7 @@ def test_unknown_timestep_or_prompt_is_an_error():
             model(**{**inputs, "pooled_projections": inputs["pooled_projections"] + 1}, timestep=torch.ones(2))
 
 
-def test_generation_with_batched_modulation_matches_per_step_and_is_keyed_apart(compose):
+def test_generation_speedups_match_the_plain_images_and_are_keyed_apart(compose):
     import numpy as np
     from PIL import Image
 
@@ -73,6 +73,11 @@ def test_generation_with_batched_modulation_matches_per_step_and_is_keyed_apart(
         assert np.abs(a - b).max() <= 2  # the same sampling up to float rounding of the modulation GEMMs
     # the transformer is back to its own modulation linears afterwards
     assert generate.run(compose(*common)) == plain_dir
+    # compile=true is keyed apart too; on a CPU it stays eager, so its images are the plain ones exactly
+    compiled_dir = generate.run(compose(*common, "compile=true"))
+    assert compiled_dir not in (plain_dir, batched_dir)
+    for path in plain:
+        assert (compiled_dir / path.relative_to(plain_dir)).read_bytes() == path.read_bytes()
 
 
 def test_pipeline_modulation_rebuilds_per_prompt_and_restores_the_linears():
