@@ -17,7 +17,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from itertools import pairwise
 from pathlib import Path
 
@@ -43,7 +43,11 @@ class ShapeChoice:
     def plan(self) -> tuple[tuple[int | None, str], ...]:
         """((largest M, backend), ..., (None, backend)): each M goes to the measured M nearest on a log scale
         (ties to the larger), runs of the same backend merged. Plain comparisons, so `torch.compile` can guard on
-        them with symbolic M."""
+        them with symbolic M. Computed once (eager dispatch asks on every call)."""
+        return self._plan
+
+    @cached_property
+    def _plan(self) -> tuple[tuple[int | None, str], ...]:
         steps: list[tuple[int | None, str]] = []
         for (a, b), backend in zip(pairwise(self.ms), self.backends[:-1], strict=True):
             root = math.isqrt(a * b)
