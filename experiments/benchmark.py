@@ -87,6 +87,9 @@ def run(cfg: DictConfig) -> Path:
     if any(graphs) and lat.batched_modulation:
         raise Flux158Error("latency.cuda_graph=true replays one captured step and cannot run batched modulation's "
                            "per-step hook; set latency.batched_modulation=false")
+    if smoke and any(graphs):
+        log.info("latency: CUDA-graphed steps are timed on GPUs only; skipping them on CPU")
+        graphs = [g for g in graphs if not g]
     arch = _architecture(cfg)
     dtype = parse_dtype(lat.dtype)
     torch._dynamo.config.automatic_dynamic_shapes = False  # one static graph per resolution, as in deployment
@@ -115,9 +118,6 @@ def run(cfg: DictConfig) -> Path:
                 settings = StepSettings(resolution, resolution, lat.steps, lat.warmup, 1, lat.text_tokens)
                 inputs = transformer_inputs(arch, settings, device, dtype)
                 for graphed in graphs:
-                    if graphed and smoke:
-                        log.info("latency: CUDA-graphed steps are timed on GPUs only; skipping on CPU")
-                        continue
                     with ExitStack() as stack:
                         if lat.batched_modulation:  # all steps' modulation vectors in one pass per layer
                             stack.enter_context(batched_modulation(model, settings.timesteps(device),
