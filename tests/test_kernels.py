@@ -252,3 +252,14 @@ def test_torch_compile_sees_the_op():
         eager = module(x)
         compiled = torch.compile(module, fullgraph=True)(x)
     assert torch.equal(eager, compiled)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_overhead_split_sees_device_time():
+    from kernels.bench.overhead import device_us, host_us
+
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    big = device_us(lambda: a @ a, calls=5)  # 137 GFLOP: tens of µs at least, on any GPU
+    assert big > 20 and host_us(lambda: a @ a, calls=5) < big  # a big GEMM is not launch-bound
+    assert device_us(lambda: a[:1, :8] + 1, calls=5) < big

@@ -110,3 +110,14 @@ def test_bench_baselines_compute_the_reference():
             ref = problem.reference(method.act)
             # bf16 outputs; the fp8 cells also absorb the interpreter's fp8 rounding at binade edges
             assert ((out.float() - ref).norm() / ref.norm()) < (2e-2 if "fp8" in name else 5e-3), name
+
+
+def test_host_time_counts_the_issuing_cost_per_call():
+    from kernels.bench.overhead import host_us
+
+    def slow_call():  # a call whose host cost is known: at least 2 ms of sleeping
+        import time
+
+        time.sleep(0.002)
+
+    assert 2000 <= host_us(slow_call, calls=5) < 20000

@@ -19,12 +19,13 @@ from pathlib import Path
 import torch
 
 from kernels.bench.methods import METHODS, Problem, build
+from kernels.bench.overhead import device_us, host_us
 from kernels.bench.roofline import gemm_bytes, peaks_for, roofline_seconds
 from kernels.bench.shapes import FLUX_SHAPES, M_VALUES
 from kernels.bench.table import table_from_timings
 
 COLUMNS = ["gpu", "timing", "shape", "m", "k", "n", "method", "us_median", "us_p10", "us_p90", "tflops", "gbs",
-           "roofline_pct", "speedup_vs_bf16", "rel_err", "note"]
+           "roofline_pct", "speedup_vs_bf16", "rel_err", "host_us", "device_us", "note"]
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,6 +37,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rotate", type=int, default=8, help="distinct weight sets cycled through (defeats L2)")
     ap.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition time per cell")
     ap.add_argument("--cuda-graph", action="store_true", help="time replays of a captured CUDA graph (no host cost)")
+    ap.add_argument("--overhead", action="store_true",
+                    help="also record host_us (issuing one call) and device_us (its kernels, from the profiler)")
     ap.add_argument("--out", type=Path, default=Path("kernels_bench.csv"))
     ap.add_argument("--table", type=Path, help="also write the backend table `auto` reads (kernels.backend_table)")
     return ap.parse_args(argv)
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                             ref = problem.reference(method.act)
                             row["rel_err"] = f"{((out.float() - ref).norm() / ref.norm()).item():.2e}"
                         ms = timed(fn)
+                        if args.overhead:
+                            row.update(host_us=f"{host_us(fn):.1f}", device_us=f"{device_us(fn):.1f}")
                     except (RuntimeError, ValueError) as e:  # e.g. a library GEMM that refuses this shape
                         row["note"] = str(e).splitlines()[0][:120]
                         writer.writerow(row)
@@ -101,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row)
                     print(f"{shape.name:>14} M={m:<5} {name:>12} {row['us_median']:>9} us  "
                           f"x{row.get('speedup_vs_bf16', '-'):>5} vs bf16  {row.get('roofline_pct', '-'):>3}% roof  "
-                          f"err {row.get('rel_err', '-')}", flush=True)
+                          f"err {row.get('rel_err', '-')}"
+                          + (f"  host {row['host_us']} us, device {row['device_us']} us" if args.overhead else ""),
+                          flush=True)
                 del problem
                 torch.cuda.empty_cache()
     print(f"wrote {args.out} ({len(rows)} timings on {gpu})")
