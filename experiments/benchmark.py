@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import provenance, resolve, tracking
 from flux158.artifacts import atomic_write_text
 from flux158.errors import Flux158Error
-from flux158.latency import StepSettings, random_transformer, time_steps, transformer_inputs
+from flux158.latency import StepSettings, StepTiming, random_transformer, time_steps, transformer_inputs
 from flux158.models import HubFluxSpec, parse_dtype
 from flux158.models.hub import FLUX1_DEV_TRANSFORMER_CONFIG
 from flux158.modulation import batched_modulation
@@ -123,7 +123,11 @@ def run(cfg: DictConfig) -> Path:
                             stack.enter_context(batched_modulation(model, settings.timesteps(device),
                                                                    inputs["pooled_projections"],
                                                                    inputs.get("guidance")))
-                        timing = time_steps(model, inputs, settings, cuda_graph=graphed)
+                        try:
+                            timing = time_steps(model, inputs, settings, cuda_graph=graphed)
+                        except Exception as err:  # one failing setting must not lose the others
+                            log.exception("latency %s failed", variant)
+                            timing = StepTiming(error=f"{type(err).__name__}: {str(err).strip()[:300]}")
                     row = {"variant": variant, "compiled": compiled, "cuda_graph": graphed, "resolution": resolution,
                            "per_step_ms": timing.per_step_ms, "total_ms": timing.total_ms,
                            "weights_gib": _gib(timing.weights_bytes), "peak_gib": _gib(timing.peak_bytes),
@@ -146,6 +150,11 @@ def run(cfg: DictConfig) -> Path:
                        for r in rows])
         tracker.artifact(out / "metrics.json", f"latency-{cfg.model.name}-{device.type}", "results")
     log.info("latency: wrote %s (%s%s)", out / "metrics.json", metrics["gpu"], ", CPU smoke test" if smoke else "")
+    failed = [r for r in rows if r["error"] and r["error"] != "OOM"]
+    if failed:
+        raise Flux158Error(f"latency: {len(failed)} setting(s) failed (the rest are in {out / 'metrics.json'}): "
+                           + "; ".join(f"{r['variant']} compiled={r['compiled']} cuda_graph={r['cuda_graph']} "
+                                       f"{r['resolution']}px: {r['error']}" for r in failed))
     return out
 
 

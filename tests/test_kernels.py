@@ -242,16 +242,26 @@ def test_flux_shapes_on_gpu(k, n, m, act):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-def test_torch_compile_sees_the_op():
+@pytest.mark.parametrize("backend", ["triton", "unpack", "auto"])
+@pytest.mark.parametrize("act_bits,act_format", [(8, "int8"), (16, "int8"), (8, "fp8")])
+def test_torch_compile_sees_the_op(backend, act_bits, act_format):
     from flux158.quant import TernaryConfig, TernaryLinear
 
+    if not kernel_available(torch.empty(1, device="cuda", dtype=torch.bfloat16), act_format if act_bits == 8 else None):
+        pytest.skip(f"{act_format} needs a newer GPU")
     linear = torch.nn.Linear(3072, 3072).cuda().to(torch.bfloat16)
-    module = TernaryLinear.from_linear(linear, TernaryConfig("absmean", "channel", act_bits=8))
+    module = TernaryLinear.from_linear(linear, TernaryConfig("absmean", "channel", act_bits=act_bits,
+                                                             act_format=act_format))
+    module.backend = backend
     x = torch.randn(2, 300, 3072, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
         eager = module(x)
+        torch._dynamo.reset()
         compiled = torch.compile(module, fullgraph=True)(x)
-    assert torch.equal(eager, compiled)
+    if backend == "triton":  # the same kernels, launched from the graph
+        assert torch.equal(eager, compiled)
+    else:  # the unpack path's float epilogue is fused by Inductor, which may contract it differently
+        assert ((eager.double() - compiled.double()).abs() <= _ulp(eager)).all()
 
 
 @pytest.mark.gpu

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,3 +122,23 @@ def test_host_time_counts_the_issuing_cost_per_call():
         time.sleep(0.002)
 
     assert 2000 <= host_us(slow_call, calls=5) < 20000
+
+
+def test_a_failing_setting_keeps_the_others_and_fails_the_run(compose, monkeypatch):
+    real = benchmark.time_steps
+
+    def flaky(model, inputs, settings, cuda_graph=False):
+        if any(getattr(getattr(m, "config", None), "act_bits", 16) == 8 for m in model.modules()):
+            raise RuntimeError("kernel exploded")
+        return real(model, inputs, settings, cuda_graph=cuda_graph)
+
+    monkeypatch.setattr(benchmark, "time_steps", flaky)
+    cfg = compose("experiment=latency", "model=tiny", "logger=none", "latency.steps=2", "latency.warmup=1",
+                  "latency.resolutions=[32]", "latency.text_tokens=8", "latency.pipeline_memory=false")
+    with pytest.raises(Flux158Error, match="1 setting.*w158a8_int8.*kernel exploded"):
+        benchmark.run(cfg)
+    out = Path(cfg.paths.output_dir) / "latency" / "tiny-cpu" / "metrics.json"
+    rows = json.loads(out.read_text())["metrics"]["rows"]
+    assert [(r["variant"], r["error"]) for r in rows] == [
+        ("bf16", None), ("w2a16", None), ("w158a8_int8", "RuntimeError: kernel exploded")]
+    assert rows[1]["per_step_ms"] > 0
