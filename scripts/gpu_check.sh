@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared GPU session (see docs/performance.md): kernel tests, kernels.bench, experiment=latency.
-# Sized for a 15-minute lease: PART=kernels ~6 min, latency_eager ~3.5 min, latency_compiled ~4 min (H200);
+# Sized for a 15-minute lease: PART=kernels ~6-8 min (more compile tests since the last run), latency_eager ~3.5 min, latency_compiled ~4 min (H200);
 # PART=graphs (not in all; never run yet, budget ~5 min): small-M kernels and eager steps replayed from CUDA graphs,
 # and the host/device split of eager small-M calls.
 #   PART=kernels|latency_eager|latency_compiled|graphs|all  bash scripts/gpu_check.sh   (writes under $OUT)
@@ -17,9 +17,10 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,
   | tee -a "$OUT/env.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/env.txt"
 if [[ $PART == kernels || $PART == all ]]; then
-  timeout "${T_TESTS:-120}" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -m "gpu or not gpu" \
+  timeout "${T_TESTS:-240}" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -m "gpu or not gpu" \
     -x 2>&1 | tail -25 | tee "$OUT/gpu_tests.log"
   timeout "${T_BENCH:-200}" python3 -m kernels.bench --rep-ms "${REP_MS:-60}" --out "$OUT/kernels_bench.csv" \
+    --table "$OUT/backend_table.json" \
     2>&1 | tee "$OUT/bench.log" | tail -80
 fi
 if [[ $PART == latency_eager || $PART == all ]]; then
