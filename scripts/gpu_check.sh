@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU session (see docs/performance.md): kernel tests, kernels.bench, experiment=latency.
-# Sized for a 15-minute lease: PART=kernels ~6-8 min (more compile tests since the last run), latency_eager ~3.5 min, latency_compiled ~4 min (H200);
+# Sized for a 15-minute lease, one PART per call: PART=kernels ~6-8 min (more compile tests since the last run),
+# latency_eager ~3.5 min, latency_compiled ~4 min (H200);
 # PART=graphs (not in all; never run yet, budget ~5 min): small-M kernels and eager steps replayed from CUDA graphs,
 # and the host/device split of eager small-M calls.
 #   PART=kernels|latency_eager|latency_compiled|graphs|all  bash scripts/gpu_check.sh   (writes under $OUT)
