@@ -23,7 +23,7 @@ from flux158.errors import Flux158Error
 from flux158.latency import StepSettings, StepTiming, random_transformer, time_steps, transformer_inputs
 from flux158.models import HubFluxSpec, parse_dtype
 from flux158.models.hub import FLUX1_DEV_TRANSFORMER_CONFIG
-from flux158.modulation import batched_modulation
+from flux158.modulation import modulation_tables
 from flux158.quant import TernaryConfig, TernaryLinear, quantize_, set_activations
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,6 @@ def run(cfg: DictConfig) -> Path:
     if unknown:
         raise Flux158Error(f"unknown latency variant(s) {unknown}; choose from {list(VARIANTS)}")
     graphs = list(lat.cuda_graph)
-    if any(graphs) and lat.batched_modulation:
-        raise Flux158Error("latency.cuda_graph=true replays one captured step and cannot run batched modulation's "
-                           "per-step hook; set latency.batched_modulation=false")
     if smoke and any(graphs):
         log.info("latency: CUDA-graphed steps are timed on GPUs only; skipping them on CPU")
         graphs = [g for g in graphs if not g]
@@ -119,12 +116,13 @@ def run(cfg: DictConfig) -> Path:
                 inputs = transformer_inputs(arch, settings, device, dtype)
                 for graphed in graphs:
                     with ExitStack() as stack:
+                        prepare = None
                         if lat.batched_modulation:  # all steps' modulation vectors in one pass per layer
-                            stack.enter_context(batched_modulation(model, settings.timesteps(device),
-                                                                   inputs["pooled_projections"],
-                                                                   inputs.get("guidance")))
+                            prepare = stack.enter_context(modulation_tables(
+                                model, settings.timesteps(device), inputs["pooled_projections"],
+                                inputs.get("guidance"))).select
                         try:
-                            timing = time_steps(model, inputs, settings, cuda_graph=graphed)
+                            timing = time_steps(model, inputs, settings, cuda_graph=graphed, prepare=prepare)
                         except Exception as err:  # one failing setting must not lose the others
                             log.exception("latency %s failed", variant)
                             timing = StepTiming(error=f"{type(err).__name__}: {str(err).strip()[:300]}")

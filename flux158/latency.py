@@ -4,6 +4,7 @@ device, inputs for one image at a resolution, and CUDA-event timing of a denoisi
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -87,14 +88,19 @@ class GraphedStep:
     and replays the graph, so the step costs no per-kernel host launches (the small-M linears are launch-bound).
 
     The inputs' shapes and non-tensor arguments are fixed at capture; the returned tensors are the graph's static
-    outputs, overwritten by the next call. Forward hooks run at capture only, so a hook that must act per step
-    (batched modulation's step selection) cannot be graphed and is refused.
+    outputs, overwritten by the next call. Forward hooks would run at capture only, so a transformer with hooks is
+    refused; per-step work that only updates tensors in place (batched modulation's `StepTables.select`) goes in
+    `prepare`, which runs with each call's arguments before its replay, outside the graph.
     """
 
-    def __init__(self, transformer: torch.nn.Module, inputs: dict, warmup: int = 2) -> None:
+    def __init__(self, transformer: torch.nn.Module, inputs: dict, prepare: Callable[[dict], None] | None = None,
+                 warmup: int = 2) -> None:
         if transformer._forward_pre_hooks or transformer._forward_hooks:
-            raise ValueError("a CUDA-graphed step replays no forward hooks; remove them (e.g. batched_modulation)")
+            raise ValueError("a CUDA-graphed step replays no forward hooks; remove them (for batched modulation, "
+                             "pass `modulation_tables(...).select` as `prepare`)")
+        self.prepare = prepare or (lambda kwargs: None)
         self.static = {k: v.clone() if torch.is_tensor(v) else v for k, v in inputs.items()}
+        self.prepare(self.static)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # autotuning, lazy initialisation and allocator growth happen outside capture
@@ -111,11 +117,12 @@ class GraphedStep:
                 self.static[key].copy_(value)
             elif value != self.static[key]:
                 raise ValueError(f"argument {key}={value!r} differs from the captured {self.static[key]!r}")
+        self.prepare(kwargs)
         self.graph.replay()
         return self.outputs
 
 
-def _loop(transformer: torch.nn.Module, inputs: dict, timesteps: torch.Tensor) -> torch.Tensor:
+def _loop(transformer: Callable[..., tuple], inputs: dict, timesteps: torch.Tensor) -> torch.Tensor:
     latents = inputs["hidden_states"]
     for i, t in enumerate(timesteps):
         velocity = transformer(**{**inputs, "hidden_states": latents, "timestep": t.expand(latents.shape[0])})[0]
@@ -124,21 +131,28 @@ def _loop(transformer: torch.nn.Module, inputs: dict, timesteps: torch.Tensor) -
     return latents
 
 
-def time_steps(transformer: torch.nn.Module, inputs: dict, settings: StepSettings,
-               cuda_graph: bool = False) -> StepTiming:
+def time_steps(transformer: torch.nn.Module, inputs: dict, settings: StepSettings, cuda_graph: bool = False,
+               prepare: Callable[[dict], None] | None = None) -> StepTiming:
     """Warm up, then time `settings.steps` calls (CUDA events on a GPU, wall clock elsewhere). With `cuda_graph`
-    (CUDA only) the step is captured once after warm-up (`GraphedStep`) and the timed calls replay it."""
+    (CUDA only) the step is captured once after warm-up (`GraphedStep`) and the timed calls replay it. `prepare`
+    runs with each call's arguments before the call (e.g. batched modulation's step selection)."""
     device = inputs["hidden_states"].device
     cuda = device.type == "cuda"
     if cuda_graph and not cuda:
         raise ValueError("cuda_graph=True needs the transformer and inputs on a CUDA device")
     timesteps = settings.timesteps(device)
+
+    def step(**kwargs):
+        if prepare is not None:
+            prepare(kwargs)
+        return transformer(**kwargs)
+
     try:
         with torch.inference_mode():
-            _loop(transformer, inputs, timesteps[: settings.warmup])
+            _loop(step, inputs, timesteps[: settings.warmup])
             if not cuda:
                 start = time.perf_counter()
-                _loop(transformer, inputs, timesteps)
+                _loop(step, inputs, timesteps)
                 total = 1e3 * (time.perf_counter() - start)
                 return StepTiming(total / settings.steps, total)
             torch.cuda.synchronize(device)
@@ -146,11 +160,11 @@ def time_steps(transformer: torch.nn.Module, inputs: dict, settings: StepSetting
             torch.cuda.reset_peak_memory_stats(device)
             if cuda_graph:  # captured after the reset: replays allocate nothing, the capture allocated the peak
                 first = {**inputs, "timestep": timesteps[:1].expand(inputs["hidden_states"].shape[0])}
-                transformer = GraphedStep(transformer, first)
+                step = GraphedStep(transformer, first, prepare)
                 torch.cuda.synchronize(device)
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
-            _loop(transformer, inputs, timesteps)
+            _loop(step, inputs, timesteps)
             end.record()
             torch.cuda.synchronize(device)
             total = begin.elapsed_time(end)

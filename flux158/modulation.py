@@ -37,9 +37,10 @@ def _modulated_norms(transformer: nn.Module) -> list[nn.Module]:
     return [m for m in transformer.modules() if isinstance(m, MODULATED_NORMS) and hasattr(m, "linear")]
 
 
-class _StepTables:
+class StepTables:
     """The modulation tables of one (timesteps, text, guidance) set, installed in place of the modulation linears
-    until `restore()`; `select(kwargs)` points every table at the rows of the step a transformer call is for."""
+    until `restore()`; `select(kwargs)` points every table at the rows of the step a transformer call is for (in
+    place, so a captured CUDA graph that reads the tables sees each step's rows)."""
 
     def __init__(self, transformer: nn.Module, timesteps: torch.Tensor, pooled_projections: torch.Tensor,
                  guidance: torch.Tensor | None) -> None:
@@ -90,6 +91,18 @@ class _StepTables:
 
 
 @contextmanager
+def modulation_tables(transformer: nn.Module, timesteps: torch.Tensor, pooled_projections: torch.Tensor,
+                      guidance: torch.Tensor | None = None) -> Iterator[StepTables]:
+    """The tables of `batched_modulation`, installed for the `with` block, without its hook: the caller calls
+    `tables.select(kwargs)` before each transformer call (e.g. before replaying a captured step)."""
+    tables = StepTables(transformer, timesteps, pooled_projections, guidance)
+    try:
+        yield tables
+    finally:
+        tables.restore()
+
+
+@contextmanager
 def batched_modulation(transformer: nn.Module, timesteps: torch.Tensor, pooled_projections: torch.Tensor,
                        guidance: torch.Tensor | None = None) -> Iterator[int]:
     """Precompute the modulation of every (timestep, batch row) and serve it during the `with` block.
@@ -102,14 +115,13 @@ def batched_modulation(transformer: nn.Module, timesteps: torch.Tensor, pooled_p
 
     Yields the number of modulation layers replaced; they are restored on exit.
     """
-    tables = _StepTables(transformer, timesteps, pooled_projections, guidance)
-    handle = transformer.register_forward_pre_hook(lambda module, args, kwargs: tables.select(kwargs),
-                                                   with_kwargs=True)
-    try:
-        yield len(tables.norms)
-    finally:
-        handle.remove()
-        tables.restore()
+    with modulation_tables(transformer, timesteps, pooled_projections, guidance) as tables:
+        handle = transformer.register_forward_pre_hook(lambda module, args, kwargs: tables.select(kwargs),
+                                                       with_kwargs=True)
+        try:
+            yield len(tables.norms)
+        finally:
+            handle.remove()
 
 
 @contextmanager
@@ -131,7 +143,7 @@ def batched_modulation_in_pipeline(pipe) -> Iterator[None]:
                 tables.restore()
             passed = kwargs["timestep"]
             timesteps = pipe.scheduler.timesteps.to(passed.device, passed.dtype) / 1000
-            tables = state["tables"] = _StepTables(transformer, timesteps, kwargs["pooled_projections"],
+            tables = state["tables"] = StepTables(transformer, timesteps, kwargs["pooled_projections"],
                                                    kwargs.get("guidance"))
         tables.select(kwargs)
 

@@ -49,7 +49,7 @@ if [[ $PART == graphs ]]; then
     --out "$OUT/kernels_bench_overhead.csv" 2>&1 | tee "$OUT/bench_overhead.log" | tail -30
   timeout "${T_GRAPH_LAT:-150}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-graph \
     'latency.variants=[bf16,w2a16,w158a8_int8]' 'latency.compile=[false]' 'latency.cuda_graph=[false,true]' \
-    'latency.resolutions=[1024]' latency.pipeline_memory=false 2>&1 \
+    'latency.resolutions=[1024]' latency.pipeline_memory=false "latency.batched_modulation=${BATCHED:-false}" 2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/latency_graph.log"
   cp outputs/latency/flux-dev-cuda/metrics.json "$OUT/latency_graph.json" 2>/dev/null
 fi

@@ -11,6 +11,7 @@ import torch
 from experiments import benchmark
 from flux158.errors import Flux158Error
 from flux158.latency import GraphedStep, StepSettings, random_transformer, time_steps, transformer_inputs
+from flux158.modulation import modulation_tables
 from kernels.bench.methods import METHODS, Problem, build
 
 TINY = {"patch_size": 1, "in_channels": 16, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
@@ -68,12 +69,18 @@ def test_graphed_step_replays_the_eager_step():
     model = random_transformer(TINY, torch.device("cuda"), torch.bfloat16)
     settings = StepSettings(height=64, width=64, steps=3, warmup=1, text_tokens=8)
     inputs = transformer_inputs(TINY, settings, torch.device("cuda"), torch.bfloat16)
+    timesteps = settings.timesteps(torch.device("cuda"))
     with torch.inference_mode():
         calls = [{**inputs, "hidden_states": inputs["hidden_states"] * (i + 1), "timestep": t.expand(1)}
-                 for i, t in enumerate(settings.timesteps(torch.device("cuda")))]
+                 for i, t in enumerate(timesteps)]
+        plain = [model(**call)[0] for call in calls]
         graphed = GraphedStep(model, calls[0])
-        for call in calls:  # new inputs each call, as in sampling
-            assert torch.equal(graphed(**call)[0], model(**call)[0])
+        for call, expected in zip(calls, plain, strict=True):  # new inputs each call, as in sampling
+            assert torch.equal(graphed(**call)[0], expected)
+        with modulation_tables(model, timesteps, inputs["pooled_projections"], inputs["guidance"]) as tables:
+            graphed = GraphedStep(model, calls[0], prepare=tables.select)  # each replay reads its step's rows
+            for call, expected in zip(calls, plain, strict=True):
+                torch.testing.assert_close(graphed(**call)[0], expected, rtol=2e-2, atol=2e-2)  # bf16 GEMM rounding
         timing = time_steps(model, inputs, settings, cuda_graph=True)
     assert timing.error is None and timing.per_step_ms > 0 and timing.peak_bytes >= timing.weights_bytes
 
@@ -94,11 +101,14 @@ def test_latency_smoke_run_on_cpu(compose, tmp_path):
     assert metrics["kernel_table"] is None  # `auto` reads a measured table on GPUs only
 
 
-def test_latency_refuses_cuda_graphs_with_batched_modulation(compose):
-    cfg = compose("experiment=latency", "model=tiny", "logger=none", "latency.batched_modulation=true",
-                  "latency.cuda_graph=[false,true]")
-    with pytest.raises(Flux158Error, match="batched_modulation=false"):
-        benchmark.run(cfg)
+def test_prepare_runs_before_every_call_with_its_timestep():
+    model = random_transformer(TINY, torch.device("cpu"), torch.float32)
+    settings = StepSettings(height=32, width=32, steps=3, warmup=2, text_tokens=4)
+    inputs = transformer_inputs(TINY, settings, torch.device("cpu"), torch.float32)
+    seen = []
+    time_steps(model, inputs, settings, prepare=lambda kwargs: seen.append(kwargs["timestep"].item()))
+    expected = [1.0, 2 / 3, 1.0, 2 / 3, 1 / 3]  # the warm-up's first 2 timesteps, then all 3
+    assert seen == pytest.approx(expected)
 
 
 def test_bench_baselines_compute_the_reference():
@@ -127,10 +137,10 @@ def test_host_time_counts_the_issuing_cost_per_call():
 def test_a_failing_setting_keeps_the_others_and_fails_the_run(compose, monkeypatch):
     real = benchmark.time_steps
 
-    def flaky(model, inputs, settings, cuda_graph=False):
+    def flaky(model, inputs, settings, **options):
         if any(getattr(getattr(m, "config", None), "act_bits", 16) == 8 for m in model.modules()):
             raise RuntimeError("kernel exploded")
-        return real(model, inputs, settings, cuda_graph=cuda_graph)
+        return real(model, inputs, settings, **options)
 
     monkeypatch.setattr(benchmark, "time_steps", flaky)
     cfg = compose("experiment=latency", "model=tiny", "logger=none", "latency.steps=2", "latency.warmup=1",

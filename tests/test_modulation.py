@@ -44,6 +44,23 @@ def test_same_outputs_as_per_step_modulation(ternary):
     assert after == linears  # the original modulation linears are back
 
 
+def test_tables_without_the_hook_serve_the_selected_step():
+    from flux158.modulation import modulation_tables
+
+    model, inputs = _model(), _inputs()
+    timesteps = torch.tensor([1.0, 0.4])
+    with torch.no_grad():
+        plain = [model(**inputs, timestep=t.expand(2))[0] for t in timesteps]
+        with modulation_tables(model, timesteps, inputs["pooled_projections"], inputs["guidance"]) as tables:
+            assert not model._forward_pre_hooks  # the caller selects
+            for t, expected in zip(timesteps, plain, strict=True):
+                call = {**inputs, "timestep": t.expand(2)}
+                tables.select(call)
+                torch.testing.assert_close(model(**call)[0], expected, rtol=1e-5, atol=1e-5)
+            stale = model(**inputs, timestep=timesteps[0].expand(2))[0]  # no select: still the last step's rows
+            assert not torch.allclose(stale, plain[0], rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_timestep_or_prompt_is_an_error():
     model, inputs = _model(), _inputs()
     with torch.no_grad(), batched_modulation(model, torch.tensor([1.0, 0.5]), inputs["pooled_projections"],
