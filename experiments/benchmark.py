@@ -203,14 +203,15 @@ def _speedups(rows: list[dict]) -> None:
             r["memory_ratio_vs_bf16"] = round(base["peak_gib"] / r["peak_gib"], 2)
 
 
-def _kernel_table(device: torch.device) -> str | None:
-    """Which measured table `auto` reads on this GPU (`kernels.backend_table`), for the record."""
+def _kernel_table(device: torch.device) -> dict | None:
+    """Which measured tables `auto` reads on this GPU for eager and for compiled / graphed calls
+    (`kernels.backend_table`), for the record."""
     if device.type != "cuda":
         return None
     from kernels.backend_table import table_for_device
 
-    table = table_for_device(device.index or 0)
-    return f"{table.gpu}: {table.source}" if table else None
+    tables = {kind: table_for_device(device.index or 0, kind == "graphed") for kind in ("eager", "graphed")}
+    return {kind: f"{t.gpu}, {t.timing}: {t.source}" if t else None for kind, t in tables.items()}
 
 
 def _triton_version() -> str | None:

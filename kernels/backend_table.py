@@ -5,9 +5,12 @@ unpacked to a dense temporary, then cuBLAS / `_int_mm` / `_scaled_mm`) beat the 
 shape, while the fused W1.58A8 kernels won at small M (`docs/performance.md`). `python -m kernels.bench --table`
 times both and keeps, per activation format, layer shape (K, N) and measured M, the faster one: a `BackendTable`.
 
-`auto` reads the table for the GPU at hand: the JSON file named by `FLUX158_KERNEL_TABLE` if set, else one shipped in
-`kernels/tables/` for this GPU's name, else one shipped for the same compute capability (H100 and H200 share sm_90,
-SM count and clocks). Without a table, or for a shape it did not measure, `auto` runs the fused kernels.
+Small-M calls are launch-bound when launched one by one, so a table timed that way (`kernels.bench`) can rank the
+backends differently from one timed as CUDA-graph replays (`kernels.bench --cuda-graph`): `auto` reads the latter
+inside `torch.compile`d code and CUDA-graph captures when one exists. It looks in the JSON files named by
+`FLUX158_KERNEL_TABLE` if set, else in those shipped in `kernels/tables/`: one for this GPU's name first, else one
+for the same compute capability (H100 and H200 share sm_90, SM count and clocks). Without a table, or for a shape it
+did not measure, `auto` runs the fused kernels.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ TABLE_ENV = "FLUX158_KERNEL_TABLE"
 TABLES_DIR = Path(__file__).parent / "tables"
 ACT_KEYS = ("bf16", "int8", "fp8")  # the activation operand: 16-bit (W2A16), int8 or fp8 (W1.58A8)
 BACKENDS = ("triton", "unpack")
+EVENT_TIMING = "events, L2 flushed"  # `kernels.bench`: each call launched from Python (eager execution)
+GRAPH_TIMING = "cuda graph"  # `kernels.bench --cuda-graph`: calls replayed without host cost (graphs, compiled code)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,11 @@ class BackendTable:
     capability: tuple[int, int]
     source: str
     choices: dict[tuple[str, int, int], ShapeChoice]
+    timing: str = EVENT_TIMING  # how the cells were timed: launched one by one, or replayed from a CUDA graph
+
+    @property
+    def graphed(self) -> bool:
+        return self.timing == GRAPH_TIMING
 
     def plan(self, act: str, k: int, n: int) -> tuple[tuple[int | None, str], ...]:
         """`ShapeChoice.plan` for this shape; () where it was not measured."""
@@ -91,7 +101,7 @@ class BackendTable:
                     "us": {b: list(t) for b, t in c.us.items()}}
                    for (act, k, n), c in sorted(self.choices.items())]
         return json.dumps({"format": FORMAT, "gpu": self.gpu, "capability": list(self.capability),
-                           "source": self.source, "choices": entries}, indent=1) + "\n"
+                           "timing": self.timing, "source": self.source, "choices": entries}, indent=1) + "\n"
 
     @classmethod
     def from_json(cls, text: str, origin: str = "<string>") -> BackendTable:
@@ -107,7 +117,9 @@ class BackendTable:
                 choices[(e["act"], int(e["k"]), int(e["n"]))] = ShapeChoice(
                     tuple(int(m) for m in e["m"]), tuple(e["backend"]),
                     {b: tuple(t) for b, t in e.get("us", {}).items()})
-            return cls(data["gpu"], tuple(data["capability"]), data.get("source", ""), choices)
+            if data["timing"] not in (EVENT_TIMING, GRAPH_TIMING):
+                raise ValueError(f"timing {data['timing']!r}")
+            return cls(data["gpu"], tuple(data["capability"]), data.get("source", ""), choices, data["timing"])
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{origin} is not a kernel backend table ({err}); rebuild it with "
                              f"`python -m kernels.bench --table PATH`") from err
@@ -122,32 +134,40 @@ def table_slug(gpu_name: str) -> str:
     return "_".join("".join(c if c.isalnum() else " " for c in gpu_name.lower()).split())
 
 
-def find_table(gpu_name: str, capability: tuple[int, int], tables_dir: Path = TABLES_DIR
+def find_table(gpu_name: str, capability: tuple[int, int], graphed: bool = False, tables_dir: Path = TABLES_DIR
                ) -> tuple[BackendTable | None, str]:
-    """The table for a GPU and why it was picked: `FLUX158_KERNEL_TABLE`, a shipped table for this GPU's name, or
-    one for its compute capability."""
+    """The table for a GPU and why it was picked. Candidates are the files in `FLUX158_KERNEL_TABLE` (paths
+    separated by `os.pathsep`) if set, else the tables shipped in `tables_dir`. Preferred: timed the way the calls
+    will run (`graphed`: inside a CUDA graph or compiled code), then on this GPU, then on one of the same compute
+    capability."""
     override = os.environ.get(TABLE_ENV)
-    if override:
-        return BackendTable.load(Path(override)), f"{TABLE_ENV}={override}"
-    shipped = sorted(tables_dir.glob("*.json"))
-    exact = tables_dir / f"{table_slug(gpu_name)}.json"
-    if exact.is_file():
-        return BackendTable.load(exact), f"measured on this GPU ({exact.name})"
-    for path in shipped:
-        table = BackendTable.load(path)
-        if table.capability == tuple(capability):
-            return table, f"measured on a {table.gpu}, the same compute capability sm_{capability[0]}{capability[1]}"
+    paths = [Path(p) for p in override.split(os.pathsep) if p] if override else sorted(tables_dir.glob("*.json"))
+    tables = [BackendTable.load(p) for p in paths]
+    origin = f"{TABLE_ENV}={override}" if override else "shipped"
+    for same_timing in (True, False):
+        for same_gpu in (True, False):
+            for table in tables:
+                if same_timing and table.graphed != graphed:
+                    continue
+                if same_gpu and table_slug(table.gpu) != table_slug(gpu_name):
+                    continue
+                if not same_gpu and table.capability != tuple(capability):
+                    continue
+                gpu = "this GPU" if same_gpu else f"a {table.gpu}, the same sm_{capability[0]}{capability[1]}"
+                kind = "" if same_timing else f" (no table timed as {'graphed' if graphed else 'eager'} calls)"
+                return table, f"{origin}: measured on {gpu}, {table.timing}{kind}"
     return None, "none measured for this GPU"
 
 
 @lru_cache(maxsize=None)
-def table_for_device(device_index: int) -> BackendTable | None:
-    """The table `auto` uses on CUDA device `device_index` (looked up once per device and logged)."""
+def table_for_device(device_index: int, graphed: bool = False) -> BackendTable | None:
+    """The table `auto` uses on CUDA device `device_index`, for eager or `graphed` calls (looked up once, logged)."""
     name = torch.cuda.get_device_name(device_index)
-    table, why = find_table(name, torch.cuda.get_device_capability(device_index))
+    table, why = find_table(name, torch.cuda.get_device_capability(device_index), graphed)
     if table is None:
         log.info("kernels: no measured backend table for %s; auto runs the fused kernels "
                  "(time both with `python -m kernels.bench --table PATH` and set %s=PATH)", name, TABLE_ENV)
     else:
-        log.info("kernels: auto picks fused or unpack per shape from the table %s", why)
+        log.info("kernels: auto picks fused or unpack per shape for %s calls from the table %s",
+                 "graphed" if graphed else "eager", why)
     return table

@@ -33,15 +33,17 @@ def kernel_available(x: torch.Tensor, act: ActFormat = None) -> bool:
 
 
 @torch.compiler.assume_constant_result  # read once while torch.compile traces; M is compared in the graph's guards
-def _measured_plan(device_index: int, act: str, k: int, n: int) -> tuple[tuple[int | None, str], ...]:
-    table = table_for_device(device_index)
+def _measured_plan(device_index: int, act: str, k: int, n: int, graphed: bool) -> tuple[tuple[int | None, str], ...]:
+    table = table_for_device(device_index, graphed)
     return table.plan(act, k, n) if table is not None else ()
 
 
 def auto_backend(x: torch.Tensor, act: ActFormat, in_features: int, out_features: int) -> str:
     """`triton` or `unpack` for `x` on a GPU: the faster one measured for this GPU, format, shape and M
-    (`kernels.backend_table`), the fused kernels where nothing was measured."""
-    plan = _measured_plan(x.device.index or 0, act or "bf16", in_features, out_features)
+    (`kernels.backend_table`; timed as graph replays when this call is compiled or captured into a CUDA graph),
+    the fused kernels where nothing was measured."""
+    graphed = torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing())
+    plan = _measured_plan(x.device.index or 0, act or "bf16", in_features, out_features, graphed)
     return choose_from_plan(plan, x.numel() // in_features)
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kernels import backend_table, dispatch, pack_ternary, ternary_linear
-from kernels.backend_table import BackendTable, ShapeChoice, find_table, table_slug
+from kernels.backend_table import EVENT_TIMING, GRAPH_TIMING, BackendTable, ShapeChoice, find_table, table_slug
 from kernels.bench.table import main as table_main
 from kernels.bench.table import table_from_timings
 
@@ -40,11 +40,13 @@ def test_table_keeps_the_faster_backend_and_the_best_of_several_runs():
     assert bf16.us["triton"] == (50.0, 70.0, 500.0) and bf16.us["unpack"] == (60.0, 80.0, 300.0)
     assert int8.backends == ("triton", "unpack") and int8.us["unpack"] == (None, 390.0)
     assert ("fp8", 64, 32) not in table.choices
-    assert table.source == "test (events, L2 flushed)"
+    assert table.source == "test" and table.timing == EVENT_TIMING and not table.graphed
     with pytest.raises(ValueError, match="one GPU"):
         table_from_timings(rows + [_row("w2a16", 1, 1.0, gpu="NVIDIA A100")], (9, 0), "test")
     with pytest.raises(ValueError, match="one method"):
-        table_from_timings(rows + [{**_row("w2a16", 1, 1.0), "timing": "cuda graph"}], (9, 0), "test")
+        table_from_timings(rows + [{**_row("w2a16", 1, 1.0), "timing": GRAPH_TIMING}], (9, 0), "test")
+    graphed = table_from_timings([{**r, "timing": GRAPH_TIMING} for r in rows], (9, 0), "test")
+    assert graphed.graphed and BackendTable.from_json(graphed.to_json()).graphed
 
 
 def _nearest_measured(ms, m):
@@ -83,20 +85,30 @@ def test_json_round_trip_and_corrupt_tables(tmp_path):
             BackendTable.load(path)
 
 
-def test_find_table_by_name_then_capability_then_override(tmp_path, monkeypatch):
+def test_find_table_by_timing_then_name_then_capability_and_the_override(tmp_path, monkeypatch):
     monkeypatch.delenv(backend_table.TABLE_ENV, raising=False)
-    h200 = BackendTable("NVIDIA H200", (9, 0), "h200 run", {})
-    (tmp_path / "nvidia_h200.json").write_text(h200.to_json())
+    (tmp_path / "nvidia_h200.json").write_text(BackendTable("NVIDIA H200", (9, 0), "h200 eager", {}).to_json())
     assert table_slug("NVIDIA H100 80GB HBM3") == "nvidia_h100_80gb_hbm3"
-    assert find_table("NVIDIA H200", (9, 0), tmp_path)[0].source == "h200 run"
-    table, why = find_table("NVIDIA H100 80GB HBM3", (9, 0), tmp_path)
-    assert table.gpu == "NVIDIA H200" and "same compute capability" in why
-    assert find_table("NVIDIA A100-SXM4-80GB", (8, 0), tmp_path)[0] is None
-    own = tmp_path / "mine" / "a100.json"
-    own.parent.mkdir()
-    own.write_text(BackendTable("NVIDIA A100-SXM4-80GB", (8, 0), "my run", {}).to_json())
-    monkeypatch.setenv(backend_table.TABLE_ENV, str(own))
-    assert find_table("NVIDIA A100-SXM4-80GB", (8, 0), tmp_path)[0].source == "my run"
+    assert find_table("NVIDIA H200", (9, 0), tables_dir=tmp_path)[0].source == "h200 eager"
+    table, why = find_table("NVIDIA H100 80GB HBM3", (9, 0), tables_dir=tmp_path)
+    assert table.gpu == "NVIDIA H200" and "same sm_90" in why
+    assert find_table("NVIDIA A100-SXM4-80GB", (8, 0), tables_dir=tmp_path)[0] is None
+    # graphed calls fall back to eager timings until a graph-timed table exists, which then wins even across GPUs
+    table, why = find_table("NVIDIA H100 80GB HBM3", (9, 0), graphed=True, tables_dir=tmp_path)
+    assert table.source == "h200 eager" and "no table timed as graphed calls" in why
+    (tmp_path / "h200_graph.json").write_text(
+        BackendTable("NVIDIA H200", (9, 0), "h200 graph", {}, GRAPH_TIMING).to_json())
+    assert find_table("NVIDIA H100 80GB HBM3", (9, 0), graphed=True, tables_dir=tmp_path)[0].source == "h200 graph"
+    assert find_table("NVIDIA H200", (9, 0), tables_dir=tmp_path)[0].source == "h200 eager"
+    # the override replaces the shipped tables; it may list an eager and a graph-timed file
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a.json").write_text(BackendTable("NVIDIA A100-SXM4-80GB", (8, 0), "my eager", {}).to_json())
+    (mine / "b.json").write_text(BackendTable("NVIDIA A100-SXM4-80GB", (8, 0), "my graph", {}, GRAPH_TIMING).to_json())
+    monkeypatch.setenv(backend_table.TABLE_ENV, f"{mine / 'a.json'}:{mine / 'b.json'}")
+    assert find_table("NVIDIA A100-SXM4-80GB", (8, 0), tables_dir=tmp_path)[0].source == "my eager"
+    assert find_table("NVIDIA A100-SXM4-80GB", (8, 0), graphed=True, tables_dir=tmp_path)[0].source == "my graph"
+    assert find_table("NVIDIA H200", (9, 0), tables_dir=tmp_path)[0] is None  # shipped tables are not consulted
 
 
 def test_shipped_h200_table_is_rebuilt_from_the_committed_timings(tmp_path):
@@ -121,7 +133,7 @@ def measured_gpu(monkeypatch):
 
     table = BackendTable("test GPU", (9, 0), "test", {("bf16", 256, 48): ShapeChoice((4, 16), ("unpack", "triton"))})
     monkeypatch.setattr(dispatch, "kernel_available", lambda x, act=None: True)
-    monkeypatch.setattr(dispatch, "table_for_device", lambda index: table)
+    monkeypatch.setattr(dispatch, "table_for_device", lambda index, graphed: table)
     calls = []
     for name in ("ternary_mm", "ternary_mm_unpacked"):
         op = getattr(torch.ops.flux158, name)
@@ -151,13 +163,15 @@ def test_auto_runs_the_backend_the_table_measured_faster(measured_gpu):
 def test_auto_choice_traces_without_graph_breaks_and_guards_on_m(monkeypatch):
     table = BackendTable("test GPU", (9, 0), "test", {("int8", 256, 48): ShapeChoice((4, 16), ("unpack", "triton"))})
     looked_up = []
-    monkeypatch.setattr(dispatch, "table_for_device", lambda index: looked_up.append(index) or table)
+    monkeypatch.setattr(dispatch, "table_for_device", lambda index, graphed: looked_up.append(graphed) or table)
 
     def f(x):
         return x * (2 if dispatch.auto_backend(x, "int8", 256, 48) == "unpack" else 3)
 
+    assert f(torch.ones(2, 256))[0, 0].item() == 2 and looked_up == [False]  # eager: the eager-timed table
     for dynamic in (False, True):
+        looked_up.clear()
         torch._dynamo.reset()
         compiled = torch.compile(f, backend="eager", fullgraph=True, dynamic=dynamic)
         assert [compiled(torch.ones(m, 256))[0, 0].item() for m in (2, 5, 20, 3)] == [2, 2, 3, 2]
-    assert looked_up  # read while tracing, not per call
+        assert looked_up and all(looked_up)  # read while tracing, not per call, as graph-timed calls

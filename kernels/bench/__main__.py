@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from kernels.backend_table import EVENT_TIMING, GRAPH_TIMING, table_slug
 from kernels.bench.methods import METHODS, Problem, build
 from kernels.bench.overhead import device_us, host_us
 from kernels.bench.roofline import gemm_bytes, peaks_for, roofline_seconds
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 bf16_us = None
                 for name in args.methods:
                     method = METHODS[name]
-                    row = {"gpu": gpu, "timing": "cuda graph" if args.cuda_graph else "events, L2 flushed",
+                    row = {"gpu": gpu, "timing": GRAPH_TIMING if args.cuda_graph else EVENT_TIMING,
                            "shape": shape.name, "m": m, "k": shape.k, "n": shape.n, "method": name}
                     try:
                         fn = build(name, problem)
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         table = table_from_timings(rows, torch.cuda.get_device_capability(), f"kernels.bench: {args.out.name}")
         args.table.parent.mkdir(parents=True, exist_ok=True)
         args.table.write_text(table.to_json())
-        print(f"wrote {args.table}: set FLUX158_KERNEL_TABLE={args.table} (or ship it in kernels/tables/)")
+        print(f"wrote {args.table}: set FLUX158_KERNEL_TABLE={args.table} (or ship it in kernels/tables/ as "
+              f"{table_slug(gpu)}{'.graph' if args.cuda_graph else ''}.json)")
     return 0
 
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from kernels.backend_table import BackendTable, ShapeChoice
+from kernels.backend_table import EVENT_TIMING, BackendTable, ShapeChoice
 
 # activation operand -> (fused kernel method, unpack baseline method) in `kernels.bench.methods.METHODS`
 PAIRS = {"bf16": ("w2a16", "unpack_bf16"), "int8": ("w158a8_int8", "unpack_int8"),
@@ -29,7 +29,7 @@ def table_from_timings(rows: Iterable[Mapping], capability: tuple[int, int], sou
         if not row.get("us_median"):
             continue
         gpus.add(row["gpu"])
-        timings.add(row.get("timing") or "events, L2 flushed")  # runs before the column existed used events
+        timings.add(row.get("timing") or EVENT_TIMING)  # runs from before the column existed used events
         key = (row["method"], int(row["k"]), int(row["n"]), int(row["m"]))
         best[key] = min(best.get(key, float("inf")), float(row["us_median"]))
     if len(gpus) != 1:
@@ -45,7 +45,7 @@ def table_from_timings(rows: Iterable[Mapping], capability: tuple[int, int], sou
             backends = tuple("unpack" if u is not None and (f is None or u < f) else "triton"
                              for f, u in zip(fused_us, unpack_us, strict=True))
             choices[(act, k, n)] = ShapeChoice(tuple(ms), backends, {"triton": fused_us, "unpack": unpack_us})
-    return BackendTable(gpus.pop(), tuple(capability), f"{source} ({timings.pop()})", choices)
+    return BackendTable(gpus.pop(), tuple(capability), source, choices, timings.pop())
 
 
 def _capability(text: str) -> tuple[int, int]:
