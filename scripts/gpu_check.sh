@@ -2,9 +2,9 @@
 # One prepared GPU session (see docs/performance.md): kernel tests, kernels.bench, experiment=latency.
 # Sized for a 15-minute lease, one PART per call: PART=kernels ~6-8 min (more compile tests since the last run),
 # latency_eager ~3.5 min, latency_compiled ~4 min (H200);
-# PART=graphs (not in all; never run yet, budget ~5 min): small-M kernels and eager steps replayed from CUDA graphs,
-# and the host/device split of eager small-M calls.
-#   PART=kernels|latency_eager|latency_compiled|graphs|all  bash scripts/gpu_check.sh   (writes under $OUT)
+# not in all, never run yet: PART=graphs (~5 min) kernels replayed from CUDA graphs and the host/device split of
+# small-M calls; PART=graph_latency (~3 min) eager steps with and without a captured CUDA graph.
+#   PART=kernels|latency_eager|latency_compiled|graphs|graph_latency|all  bash scripts/gpu_check.sh  (under $OUT)
 # Needs diffusers / hydra-core / omegaconf where the GPU image lacks them: wheels in .whl/ are installed first.
 set -u
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"  # default ./gpu_out
@@ -39,14 +39,16 @@ if [[ $PART == latency_compiled || $PART == all ]]; then
     | grep -E "latency|Error|error" | tee "$OUT/latency_compiled.log"
   cp outputs/latency/flux-dev-cuda/metrics.json "$OUT/latency_compiled.json" 2>/dev/null
 fi
-if [[ $PART == graphs ]]; then
-  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_latency.py tests/test_kernels.py -m gpu \
-    -k 'graph or overhead' 2>&1 | tail -5 | tee "$OUT/gpu_graph_tests.log"
-  timeout "${T_GRAPH_BENCH:-100}" python3 -m kernels.bench --cuda-graph --rotate 32 --m 1 16 --rep-ms 30 \
-    --out "$OUT/kernels_bench_graph.csv" \
+if [[ $PART == graphs ]]; then  # kernels replayed from CUDA graphs (the graph-timed backend table), host/device split
+  timeout "${T_GRAPH_BENCH:-240}" python3 -m kernels.bench --cuda-graph --rotate 32 --rep-ms 30 \
+    --out "$OUT/kernels_bench_graph.csv" --table "$OUT/backend_table.graph.json" \
     2>&1 | tee "$OUT/bench_graph.log" | tail -40
   timeout "${T_OVERHEAD:-60}" python3 -m kernels.bench --overhead --m 1 16 --rep-ms 20 --shapes qkvo mod_double \
     --out "$OUT/kernels_bench_overhead.csv" 2>&1 | tee "$OUT/bench_overhead.log" | tail -30
+fi
+if [[ $PART == graph_latency ]]; then  # eager steps with and without a CUDA graph
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_latency.py tests/test_kernels.py -m gpu \
+    -k 'graph or overhead' 2>&1 | tail -5 | tee "$OUT/gpu_graph_tests.log"
   timeout "${T_GRAPH_LAT:-150}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-graph \
     'latency.variants=[bf16,w2a16,w158a8_int8]' 'latency.compile=[false]' 'latency.cuda_graph=[false,true]' \
     'latency.resolutions=[1024]' latency.pipeline_memory=false "latency.batched_modulation=${BATCHED:-false}" 2>&1 \
