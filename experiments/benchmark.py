@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -20,7 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import provenance, resolve, tracking
 from flux158.artifacts import atomic_write_text
 from flux158.errors import Flux158Error
-from flux158.latency import StepSettings, StepTiming, random_transformer, time_steps, transformer_inputs
+from flux158.latency import (
+    StepSettings,
+    StepTiming,
+    random_pipeline,
+    random_transformer,
+    time_steps,
+    transformer_inputs,
+)
 from flux158.models import HubFluxSpec, parse_dtype
 from flux158.models.hub import FLUX1_DEV_TRANSFORMER_CONFIG
 from flux158.modulation import modulation_tables
@@ -140,7 +148,7 @@ def run(cfg: DictConfig) -> Path:
         gc.collect()
     _speedups(rows)
     if lat.pipeline_memory:
-        metrics["metrics"]["pipeline"] = _pipeline_memory(cfg, device)
+        metrics["metrics"]["pipeline"] = _pipeline_memory(cfg, device, arch)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     with tracking.track(cfg, "latency") as tracker:
         tracker.table("latency", COLUMNS + ["speedup_vs_bf16_compiled", "memory_ratio_vs_bf16"],
@@ -156,14 +164,17 @@ def run(cfg: DictConfig) -> Path:
     return out
 
 
-def _pipeline_memory(cfg: DictConfig, device: torch.device) -> list[dict]:
+def _pipeline_memory(cfg: DictConfig, device: torch.device, arch: dict) -> list[dict]:
     """Peak memory of one whole-pipeline generation (text encoders, transformer, VAE all on `device`; the
-    diffusers-torchao convention) per variant at the first resolution. Needs the model's real weights."""
+    diffusers-torchao convention) per variant at the first resolution. A hub model with `latency.weights=random`
+    runs a random-weight pipeline of its architecture (the memory is the same; the images are noise)."""
     lat = cfg.latency
     if isinstance(resolve.model_spec(cfg), HubFluxSpec) and lat.weights == "random":
-        log.info("latency: whole-pipeline memory needs the real weights (latency.weights=pretrained); skipped")
-        return []
-    pipe = resolve.pipeline(resolve.full_precision(cfg), device)
+        log.info("latency: whole-pipeline memory with random weights (T5-XXL, CLIP-L, VAE, transformer)")
+        with tempfile.TemporaryDirectory(prefix="flux158-tokenizers-") as tokenizers:
+            pipe = random_pipeline(arch, device, parse_dtype(lat.dtype), Path(tokenizers), seed=cfg.seed)
+    else:
+        pipe = resolve.pipeline(resolve.full_precision(cfg), device)
     if not isinstance(pipe, FluxPipeline):
         log.info("latency: whole-pipeline memory is measured for FluxPipeline models only; skipped")
         return []

@@ -3,8 +3,9 @@
 # Sized for a 15-minute lease, one PART per call: PART=kernels ~6-8 min (more compile tests since the last run),
 # latency_eager ~3.5 min, latency_compiled ~4 min (H200);
 # not in all, never run yet: PART=graphs (~5 min) kernels replayed from CUDA graphs and the host/device split of
-# small-M calls; PART=graph_latency (~3 min) eager steps with and without a captured CUDA graph.
-#   PART=kernels|latency_eager|latency_compiled|graphs|graph_latency|all  bash scripts/gpu_check.sh  (under $OUT)
+# small-M calls; PART=graph_latency (~3 min) eager steps with and without a captured CUDA graph; PART=pipeline_memory
+# (~4 min) whole-pipeline peak memory with random weights.
+#   PART=kernels|latency_eager|latency_compiled|graphs|graph_latency|pipeline_memory|all  bash scripts/gpu_check.sh
 # Needs diffusers / hydra-core / omegaconf where the GPU image lacks them: wheels in .whl/ are installed first.
 set -u
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"  # default ./gpu_out
@@ -54,4 +55,10 @@ if [[ $PART == graph_latency ]]; then  # eager steps with and without a CUDA gra
     'latency.resolutions=[1024]' latency.pipeline_memory=false "latency.batched_modulation=${BATCHED:-false}" 2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/latency_graph.log"
   cp outputs/latency/flux-dev-cuda/metrics.json "$OUT/latency_graph.json" 2>/dev/null
+fi
+if [[ $PART == pipeline_memory ]]; then  # whole-pipeline peak (random-weight T5-XXL, CLIP-L, VAE, transformer)
+  timeout "${T_PIPE:-300}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-pipe \
+    'latency.variants=[bf16,w2a16,w158a8_int8]' 'latency.compile=[false]' 'latency.resolutions=[1024]' \
+    latency.steps=5 latency.warmup=1 2>&1 | grep -E "latency|Error|error" | tee "$OUT/pipeline_memory.log"
+  cp outputs/latency/flux-dev-cuda/metrics.json "$OUT/pipeline_memory.json" 2>/dev/null
 fi

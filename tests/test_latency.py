@@ -152,3 +152,28 @@ def test_a_failing_setting_keeps_the_others_and_fails_the_run(compose, monkeypat
     assert [(r["variant"], r["error"]) for r in rows] == [
         ("bf16", None), ("w2a16", None), ("w158a8_int8", "RuntimeError: kernel exploded")]
     assert rows[1]["per_step_ms"] > 0
+
+
+def test_random_pipeline_has_the_given_architecture_and_generates(tmp_path):
+    from flux158.latency import random_pipeline
+    from flux158.models.hub import FLUX1_DEV_CLIP_CONFIG, FLUX1_DEV_T5_CONFIG, FLUX1_DEV_VAE_CONFIG
+
+    t5 = {**FLUX1_DEV_T5_CONFIG, "d_model": 32, "d_kv": 8, "d_ff": 37, "num_layers": 1, "num_heads": 4,
+          "vocab_size": 300}
+    clip = {**FLUX1_DEV_CLIP_CONFIG, "hidden_size": 24, "intermediate_size": 37, "num_hidden_layers": 1,
+            "num_attention_heads": 4, "projection_dim": 24}
+    vae = {**FLUX1_DEV_VAE_CONFIG, "block_out_channels": [8, 8, 16, 16], "layers_per_block": 1, "norm_num_groups": 4}
+    arch = {**TINY, "in_channels": 64, "joint_attention_dim": 32, "pooled_projection_dim": 24}
+    pipe = random_pipeline(arch, torch.device("cpu"), torch.float32, tmp_path, t5_config=t5, clip_config=clip,
+                           vae_config=vae)
+    assert torch.get_default_dtype() == torch.float32  # restored after building in the requested dtype
+    assert pipe.text_encoder_2.config.d_ff == 37 and pipe.text_encoder.config.hidden_size == 24
+    assert len(pipe.tokenizer) == 49_408  # CLIP's full BPE, as the real pipeline's
+    assert pipe.vae.config.block_out_channels == [8, 8, 16, 16] and pipe.vae.config.scaling_factor == 0.3611
+    assert all(not p.is_meta and torch.isfinite(p).all() for p in pipe.transformer.parameters())
+    image = pipe("a photo of a cat", height=32, width=32, num_inference_steps=2, max_sequence_length=16,
+                 output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="vocabularies"):
+        random_pipeline(arch, torch.device("cpu"), torch.float32, tmp_path, t5_config={**t5, "vocab_size": 10},
+                        clip_config=clip, vae_config=vae)

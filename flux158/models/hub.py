@@ -99,6 +99,33 @@ FLUX1_DEV_TRANSFORMER_CONFIG = {
 }
 
 
+# The other components of black-forest-labs/FLUX.1-dev (architecture keys of text_encoder_2/, text_encoder/ and vae/
+# config.json): T5-v1.1-XXL's encoder, CLIP ViT-L/14's text tower and the 16-channel FLUX VAE. With the transformer's
+# they size a random-weight pipeline for whole-pipeline memory (`flux158.latency.random_pipeline`).
+FLUX1_DEV_T5_CONFIG = {
+    "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
+    "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+    "layer_norm_epsilon": 1e-6, "is_encoder_decoder": False, "pad_token_id": 0, "eos_token_id": 1,
+    "decoder_start_token_id": 0, "tie_word_embeddings": False,
+}
+FLUX1_DEV_CLIP_CONFIG = {
+    "vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+    "num_attention_heads": 12, "max_position_embeddings": 77, "projection_dim": 768, "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+FLUX1_DEV_VAE_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 16, "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
+    "norm_num_groups": 32, "act_fn": "silu", "sample_size": 1024, "scaling_factor": 0.3611, "shift_factor": 0.1159,
+    "use_quant_conv": False, "use_post_quant_conv": False, "force_upcast": True, "mid_block_add_attention": True,
+}
+# scheduler/scheduler_config.json of FLUX.1-dev
+FLUX1_DEV_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15,
+    "base_image_seq_len": 256, "max_image_seq_len": 4096,
+}
+
+
 def meta_flux_transformer(config: dict | None = None):
     """A FLUX transformer on the meta device (default FLUX.1-dev's): real shapes, no memory, no download.
 

@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeli
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from flux158.artifacts import config_hash
+from flux158.models.hub import FLUX1_DEV_SCHEDULER_CONFIG
 from flux158.models.tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
 
@@ -67,10 +68,7 @@ def build_tiny_pipeline(spec: TinyFluxSpec, tokenizer_dir: Path) -> FluxPipeline
         norm_num_groups=4, sample_size=64, use_quant_conv=False, use_post_quant_conv=False,
         scaling_factor=0.3611, shift_factor=0.1159,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-        base_image_seq_len=256, max_image_seq_len=4096,
-    )
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLUX1_DEV_SCHEDULER_CONFIG)
     return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tok,
                         text_encoder_2=t5, tokenizer_2=t5_tok, transformer=transformer)
 
