@@ -229,12 +229,13 @@ FLUX_SHAPES = [(3072, 3072), (15360, 3072), (3072, 18432)]
 @pytest.mark.parametrize("k,n", FLUX_SHAPES)
 @pytest.mark.parametrize("m", [1, 16, 333, 4608])
 @pytest.mark.parametrize("act", [None, "int8", "fp8"])
-def test_flux_shapes_on_gpu(k, n, m, act):
+@pytest.mark.parametrize("backend", ["triton", "unpack"])  # `auto` picks one of them per shape (backend_table)
+def test_flux_shapes_on_gpu(k, n, m, act, backend):
     if not kernel_available(torch.empty(1, device="cuda", dtype=torch.bfloat16), act):
         pytest.skip(f"{act} needs a newer GPU")
     x, codes, scale, bias = _problem(m, k, n, True, True, torch.bfloat16)
     packed = pack_ternary(codes)
-    y = ternary_linear(x, packed, scale, bias, k, act=act)
+    y = ternary_linear(x, packed, scale, bias, k, act=act, backend=backend)
     r = ternary_linear(x, packed, scale, bias, k, act=act, backend="reference")
     err = (y.float() - r.float()).norm() / r.float().norm()
     assert err < (1e-2 if act == "fp8" else 4e-3), err  # bf16 output rounding; fp8 ties may round differently
