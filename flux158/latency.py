@@ -22,6 +22,7 @@ from flux158.models.hub import (
     meta_flux_transformer,
 )
 from flux158.models.tokenizers import build_clip_tokenizer, build_t5_tokenizer
+from kernels import graph_timed_calls
 
 
 @dataclass(frozen=True)
@@ -144,15 +145,16 @@ class GraphedStep:
         self.prepare = prepare or (lambda kwargs: None)
         self.static = {k: v.clone() if torch.is_tensor(v) else v for k, v in inputs.items()}
         self.prepare(self.static)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # autotuning, lazy initialisation and allocator growth happen outside capture
-            for _ in range(warmup):
-                transformer(**self.static)
-        torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.outputs = transformer(**self.static)
+        with graph_timed_calls():  # the kernels chosen for graphs: tuned in the warm-up, captured after
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # autotuning, lazy initialisation, allocator growth: outside capture
+                for _ in range(warmup):
+                    transformer(**self.static)
+            torch.cuda.current_stream().wait_stream(side)
+            with torch.cuda.graph(self.graph):
+                self.outputs = transformer(**self.static)
 
     def __call__(self, **kwargs) -> tuple:
         for key, value in kwargs.items():

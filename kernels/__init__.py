@@ -4,9 +4,9 @@ W1.58A8 int8/fp8), their `torch.library` registration, pure-torch references, an
 This package imports nothing from `flux158`, `eval` or `experiments`.
 """
 
-from kernels.dispatch import ActFormat, kernel_available, ternary_linear
+from kernels.dispatch import ActFormat, graph_timed_calls, kernel_available, ternary_linear
 from kernels.layout import GROUP, pack_ternary, packed_rows, unpack_ternary
 from kernels.reference import quantize_activations_ref, ternary_linear_ref
 
-__all__ = ["GROUP", "ActFormat", "kernel_available", "pack_ternary", "packed_rows", "quantize_activations_ref",
-           "ternary_linear", "ternary_linear_ref", "unpack_ternary"]
+__all__ = ["GROUP", "ActFormat", "graph_timed_calls", "kernel_available", "pack_ternary", "packed_rows",
+           "quantize_activations_ref", "ternary_linear", "ternary_linear_ref", "unpack_ternary"]

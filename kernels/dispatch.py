@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal, Optional
 
 import torch
@@ -32,6 +34,20 @@ def kernel_available(x: torch.Tensor, act: ActFormat = None) -> bool:
     return act is not None or x.dtype in (torch.bfloat16, torch.float16)
 
 
+_graph_timed = {"active": False}
+
+
+@contextmanager
+def graph_timed_calls() -> Iterator[None]:
+    """Within the block `auto` chooses as for calls replayed from a CUDA graph (`kernels.backend_table`). Wrap both
+    the warm-up and the capture of a graph in it, so that the capture runs kernels the warm-up already tuned."""
+    previous, _graph_timed["active"] = _graph_timed["active"], True
+    try:
+        yield
+    finally:
+        _graph_timed["active"] = previous
+
+
 @torch.compiler.assume_constant_result  # read once while torch.compile traces; M is compared in the graph's guards
 def _measured_plan(device_index: int, act: str, k: int, n: int, graphed: bool) -> tuple[tuple[int | None, str], ...]:
     table = table_for_device(device_index, graphed)
@@ -42,7 +58,8 @@ def auto_backend(x: torch.Tensor, act: ActFormat, in_features: int, out_features
     """`triton` or `unpack` for `x` on a GPU: the faster one measured for this GPU, format, shape and M
     (`kernels.backend_table`; timed as graph replays when this call is compiled or captured into a CUDA graph),
     the fused kernels where nothing was measured."""
-    graphed = torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing())
+    graphed = torch.compiler.is_compiling() or _graph_timed["active"] or (
+        x.is_cuda and torch.cuda.is_current_stream_capturing())
     plan = _measured_plan(x.device.index or 0, act or "bf16", in_features, out_features, graphed)
     return choose_from_plan(plan, x.numel() // in_features)
 
