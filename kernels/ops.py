@@ -97,6 +97,12 @@ def _gemv(a, packed, w_scale, a_scale, bias, out, k, act_mode):
         def grid(meta):
             return (triton.cdiv(n, meta["BLOCK_N"]), splits)
         wrap_triton(_TUNED["gemv"])[grid](*args, A_MODE=act_mode, UPCAST=False, BLOCK_M=GEMV_MAX_M)
+    _epilogue_launch(part, w_scale, a_scale, bias, out, act_mode)
+
+
+def _epilogue_launch(part, w_scale, a_scale, bias, out, act_mode):
+    """out = sum over splits of part (S, M, N; fp32 or int32) * a_scale[m] * w_scale[n] + bias[n]."""
+    splits, m, n = part.shape
     wrap_triton(tk.splitk_epilogue_kernel)[(m, triton.cdiv(n, 256))](
         part, w_scale, a_scale, bias if bias is not None else w_scale, out, m, n, splits, part.stride(0),
         part.stride(1), part.stride(2), out.stride(0), out.stride(1), **_epilogue_flags(w_scale, bias, act_mode),
@@ -149,19 +155,20 @@ def ternary_mm_unpacked(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Te
                         in_features: int, act_mode: int) -> torch.Tensor:
     """The same product as `ternary_mm` by the layer-wise unpack baseline: this layer's weight is unpacked into a
     temporary dense tensor (freed after the call, so the allocator reuses it for the next layer), then a library GEMM
-    runs: cuBLAS with the scale folded into BF16 weights (act_mode 0), `torch._int_mm` (1) or `torch._scaled_mm`
-    with row-wise scales (2). Shapes must pass `unpacked_supported`."""
+    runs: cuBLAS with the scale folded into BF16 weights (act_mode 0), `torch._int_mm` and the fused kernels' epilogue
+    (1) or `torch._scaled_mm` with row-wise scales (2). Shapes must pass `unpacked_supported`."""
     if act_mode == 0:
         w = _unpack(packed, w_scale, in_features, x.dtype, True)
         return torch.nn.functional.linear(x, w, bias.to(x.dtype) if bias is not None else None)
     q, a_scale = quantize_rows(x, act_mode)
     n = packed.shape[1]
-    w_rows = w_scale.expand(n) if w_scale.numel() == 1 else w_scale
-    if act_mode == 1:
+    if act_mode == 1:  # int32 products, then the fused kernels' epilogue in one pass (no fp32 temporaries)
         acc = torch._int_mm(q, _unpack(packed, w_scale, in_features, torch.int8, False).t())
-        y = acc.float() * a_scale[:, None] * w_rows[None, :]
-        return (y + bias.float() if bias is not None else y).to(x.dtype)
+        out = torch.empty((acc.shape[0], n), dtype=x.dtype, device=x.device)
+        _epilogue_launch(acc[None], w_scale, a_scale, bias, out, act_mode)
+        return out
     w = _unpack(packed, w_scale, in_features, torch.float8_e4m3fn, False)
+    w_rows = w_scale.expand(n) if w_scale.numel() == 1 else w_scale
     out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
     y = torch._scaled_mm(q, w.t(), scale_a=a_scale[:, None], scale_b=w_rows[None, :].contiguous(),
                          bias=bias.to(out_dtype) if bias is not None else None, out_dtype=out_dtype)

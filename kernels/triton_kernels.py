@@ -144,7 +144,8 @@ def splitk_epilogue_kernel(part_ptr, w_scale_ptr, a_scale_ptr, bias_ptr, c_ptr, 
                            stride_ps, stride_pm, stride_pn, stride_cm, stride_cn,
                            A_MODE: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
                            BLOCK_N: tl.constexpr):
-    """Row m, columns block n: the sum of the split-K partials, then the shared epilogue."""
+    """Row m, columns block n: the sum of the split-K partials (fp32, or int32 products), then the shared
+    epilogue."""
     offs_m = tl.program_id(0) + tl.arange(0, 1)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
@@ -152,7 +153,7 @@ def splitk_epilogue_kernel(part_ptr, w_scale_ptr, a_scale_ptr, bias_ptr, c_ptr, 
     ptrs = part_ptr + offs_m[:, None] * stride_pm + offs_n[None, :] * stride_pn
     acc = tl.zeros((1, BLOCK_N), dtype=tl.float32)
     for s in range(SPLITS):
-        acc += tl.load(ptrs + s * stride_ps, mask=mask_m[:, None] & mask_n[None, :], other=0.0)
+        acc += tl.load(ptrs + s * stride_ps, mask=mask_m[:, None] & mask_n[None, :], other=0).to(tl.float32)
     y = _epilogue(acc, offs_m, offs_n, mask_m, mask_n, w_scale_ptr, a_scale_ptr, bias_ptr, A_MODE, PER_CHANNEL,
                   HAS_BIAS)
     tl.store(c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn, y.to(c_ptr.dtype.element_ty),
