@@ -24,6 +24,7 @@ if [[ $PART == kernels || $PART == all ]]; then
   timeout "${T_BENCH:-200}" python3 -m kernels.bench --rep-ms "${REP_MS:-60}" --out "$OUT/kernels_bench.csv" \
     --table "$OUT/backend_table.json" \
     2>&1 | tee "$OUT/bench.log" | tail -80
+  python3 -m kernels.bench.step "$OUT/kernels_bench.csv" 2>&1 | tee "$OUT/step_estimate.log"
 fi
 if [[ $PART == latency_eager || $PART == all ]]; then
   timeout "${T_LAT:-200}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-eager \

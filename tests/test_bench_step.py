@@ -1,0 +1,51 @@
+"""`python -m kernels.bench.step`: one FLUX.1-dev step's block linears, and their summed bench times."""
+
+from __future__ import annotations
+
+import pytest
+
+from kernels.bench.shapes import FLUX_SHAPES, M_VALUES
+from kernels.bench.step import main, predict, step_linears
+
+
+def _rows(method, us_of_m, shapes=None, ms=M_VALUES):
+    return [{"gpu": "G", "shape": s.name, "m": str(m), "k": str(s.k), "n": str(s.n), "method": method,
+             "us_median": f"{us_of_m(s.name, m):.3f}"} for s in FLUX_SHAPES if shapes is None or s.name in shapes
+            for m in ms]
+
+
+def test_one_step_has_flux_dev_494_block_linears_at_their_token_counts():
+    layers = step_linears(1024)
+    assert sum(count for _, _, count in layers) == 494  # 19 double blocks x 14 + 38 single blocks x 6 (paper)
+    assert {m for _, m, _ in layers} == {4096, 512, 1, 4608}  # image, text, modulation (one image), joint
+
+
+def test_sums_interpolate_each_layer_at_its_m():
+    rows = _rows("bf16", lambda shape, m: 10.0) + _rows("w2a16", lambda shape, m: float(m))
+    totals = predict(rows, 1024)
+    assert totals["bf16"] == pytest.approx(494 * 10 / 1e3)
+    # time = M µs is linear, so interpolation is exact: the sum of M over the layers, counted by hand
+    by_hand = 4096 * (76 + 19 + 19) + 512 * (76 + 19 + 19) + 1 * (38 + 38) + 4608 * (114 + 38 + 38)
+    assert totals["w2a16"] == pytest.approx(by_hand / 1e3)
+
+
+def test_unpack_falls_back_to_fused_where_untimed_and_best_takes_the_faster_cell():
+    fused = _rows("w158a8_int8", lambda shape, m: 100.0)
+    unpack = _rows("unpack_int8", lambda shape, m: 40.0 if shape == "qkvo" else 300.0, ms=(256, 1024, 4608))
+    totals = predict(fused + unpack, 1024)
+    # unpack: M = 1 modulation layers (76) run fused; qkvo (76 + 76 + 114 layers) at 40; the rest at 300
+    assert totals["unpack_int8"] == pytest.approx((76 * 100 + 266 * 40 + (494 - 76 - 266) * 300) / 1e3)
+    assert totals["best_int8"] == pytest.approx((266 * 40 + (494 - 266) * 100) / 1e3)
+    assert "best_fp8" not in totals  # nothing timed for fp8
+
+
+def test_cli_needs_every_shape(tmp_path, capsys):
+    import csv
+
+    path = tmp_path / "run.csv"
+    rows = _rows("bf16", lambda shape, m: 1.0, shapes={"qkvo"})
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert main([str(path)]) == 2 and "lack shapes" in capsys.readouterr().err
