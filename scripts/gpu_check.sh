@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU session (see docs/performance.md): kernel tests, kernels.bench, experiment=latency.
-# Sized for a 15-minute lease, one PART per call: PART=kernels ~6-8 min (more compile tests since the last run),
-# latency_eager ~3.5 min, latency_compiled ~4 min (H200);
+# Sized for a 15-minute lease, one PART per call: PART=kernels ~8-9 min (more compile tests and M values since
+# the last run), latency_eager ~3.5 min, latency_compiled ~4 min (H200);
 # not in all, never run yet: PART=graphs (~5 min) kernels replayed from CUDA graphs and the host/device split of
 # small-M calls; PART=graph_latency (~3 min) eager steps with and without a captured CUDA graph; PART=pipeline_memory
 # (~4 min) whole-pipeline peak memory with random weights.
@@ -21,7 +21,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 if [[ $PART == kernels || $PART == all ]]; then
   timeout "${T_TESTS:-240}" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -m "gpu or not gpu" \
     -x 2>&1 | tail -25 | tee "$OUT/gpu_tests.log"
-  timeout "${T_BENCH:-200}" python3 -m kernels.bench --rep-ms "${REP_MS:-60}" --out "$OUT/kernels_bench.csv" \
+  timeout "${T_BENCH:-300}" python3 -m kernels.bench --rep-ms "${REP_MS:-60}" --out "$OUT/kernels_bench.csv" \
     --table "$OUT/backend_table.json" \
     2>&1 | tee "$OUT/bench.log" | tail -80
   python3 -m kernels.bench.step "$OUT/kernels_bench.csv" 2>&1 | tee "$OUT/step_estimate.log"

@@ -23,4 +23,6 @@ FLUX_SHAPES = (
     LinearShape("mod_double", D, 6 * D, "norm1(.context).linear (M = 1 per step)"),
     LinearShape("mod_single_qkv", D, 3 * D, "single norm.linear (M = 1), fused q/k/v (M = tokens)"),
 )
-M_VALUES = (1, 16, 256, 1024, 4608)
+# the issue's M values, plus the exact token counts of a 1024² step (512 text, 4096 image), so `auto`'s table and
+# `kernels.bench.step` need not interpolate where FLUX spends its time
+M_VALUES = (1, 16, 256, 512, 1024, 4096, 4608)
