@@ -61,9 +61,6 @@ class ShapeChoice:
         merged = [step for i, step in enumerate(steps) if i + 1 == len(steps) or steps[i + 1][1] != step[1]]
         return tuple(merged)
 
-    def at(self, m: int) -> str:
-        return choose_from_plan(self.plan(), m)
-
 
 def choose_from_plan(plan: tuple[tuple[int | None, str], ...], m: int, default: str = "triton") -> str:
     """The backend of the first step of `plan` whose bound admits `m`."""
@@ -75,7 +72,7 @@ def choose_from_plan(plan: tuple[tuple[int | None, str], ...], m: int, default: 
 
 @dataclass(frozen=True)
 class BackendTable:
-    """Measured backend choices for one GPU; `choose` returns None for shapes it has no timings for."""
+    """Measured backend choices for one GPU; `plan` is empty for shapes it has no timings for."""
 
     gpu: str
     capability: tuple[int, int]
@@ -91,10 +88,6 @@ class BackendTable:
         """`ShapeChoice.plan` for this shape; () where it was not measured."""
         choice = self.choices.get((act, k, n))
         return choice.plan() if choice else ()
-
-    def choose(self, act: str, m: int, k: int, n: int) -> str | None:
-        choice = self.choices.get((act, k, n))
-        return choice.at(m) if choice else None
 
     def to_json(self) -> str:
         entries = [{"act": act, "k": k, "n": n, "m": list(c.ms), "backend": list(c.backends),

@@ -12,7 +12,6 @@ A prediction for choosing what to measure, not a measurement: isolated kernels w
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kernels.bench.shapes import FLUX_SHAPES
-from kernels.bench.table import PAIRS
+from kernels.bench.table import PAIRS, fastest_cells, read_runs
 
 DOUBLE_BLOCKS, SINGLE_BLOCKS = 19, 38
 
@@ -39,13 +38,12 @@ def step_linears(resolution: int, text_tokens: int = 512) -> list[tuple[str, int
 
 
 def _timings(rows: Iterable[Mapping]) -> dict[tuple[str, str], dict[int, float]]:
-    """(shape, method) -> {M: fastest µs over the runs}."""
+    """(shape name, method) -> {M: fastest µs over the runs}."""
+    names = {(shape.k, shape.n): shape.name for shape in FLUX_SHAPES}
     out: dict[tuple[str, str], dict[int, float]] = {}
-    for row in rows:
-        if row.get("us_median"):
-            cell = out.setdefault((row["shape"], row["method"]), {})
-            m = int(row["m"])
-            cell[m] = min(cell.get(m, float("inf")), float(row["us_median"]))
+    for (method, k, n, m), us in fastest_cells(rows).items():
+        if (k, n) in names:
+            out.setdefault((names[(k, n)], method), {})[m] = us
     return out
 
 
@@ -88,10 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resolution", type=int, default=1024)
     ap.add_argument("--text-tokens", type=int, default=512)
     args = ap.parse_args(argv)
-    rows = []
-    for path in args.csv:
-        with open(path, newline="") as f:
-            rows += list(csv.DictReader(f))
+    rows = read_runs(args.csv)
     known = {s.name for s in FLUX_SHAPES}
     missing = known - {r["shape"] for r in rows if r.get("us_median")}
     if missing:

@@ -21,17 +21,31 @@ PAIRS = {"bf16": ("w2a16", "unpack_bf16"), "int8": ("w158a8_int8", "unpack_int8"
          "fp8": ("w158a8_fp8", "unpack_fp8")}
 
 
+def read_runs(paths: Iterable[Path]) -> list[dict]:
+    """The rows of `kernels.bench` CSV files, concatenated."""
+    rows = []
+    for path in paths:
+        with open(path, newline="") as f:
+            rows += list(csv.DictReader(f))
+    return rows
+
+
+def fastest_cells(rows: Iterable[Mapping]) -> dict[tuple[str, int, int, int], float]:
+    """(method, K, N, M) -> the fastest median µs over the runs; untimed cells (refused shapes) are left out."""
+    best: dict[tuple[str, int, int, int], float] = {}
+    for row in rows:
+        if row.get("us_median"):
+            key = (row["method"], int(row["k"]), int(row["n"]), int(row["m"]))
+            best[key] = min(best.get(key, float("inf")), float(row["us_median"]))
+    return best
+
+
 def table_from_timings(rows: Iterable[Mapping], capability: tuple[int, int], source: str) -> BackendTable:
     """Rows with gpu, m, k, n, method and us_median (as `kernels.bench` writes them; untimed cells are skipped)."""
-    best: dict[tuple[str, int, int, int], float] = {}
-    gpus, timings = set(), set()
-    for row in rows:
-        if not row.get("us_median"):
-            continue
-        gpus.add(row["gpu"])
-        timings.add(row.get("timing") or EVENT_TIMING)  # runs from before the column existed used events
-        key = (row["method"], int(row["k"]), int(row["n"]), int(row["m"]))
-        best[key] = min(best.get(key, float("inf")), float(row["us_median"]))
+    rows = [row for row in rows if row.get("us_median")]
+    best = fastest_cells(rows)
+    gpus = {row["gpu"] for row in rows}
+    timings = {row.get("timing") or EVENT_TIMING for row in rows}  # runs from before the column existed used events
     if len(gpus) != 1:
         raise ValueError(f"timings must come from one GPU, got {sorted(gpus) or 'none'}")
     if len(timings) != 1:  # eager launches and graph replays rank the backends differently at small M
@@ -59,11 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--capability", type=_capability, required=True, help="the GPU's compute capability, e.g. 9.0")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    rows = []
-    for path in args.csv:
-        with open(path, newline="") as f:
-            rows += list(csv.DictReader(f))
-    table = table_from_timings(rows, args.capability, "kernels.bench: " + ", ".join(p.name for p in args.csv))
+    source = "kernels.bench: " + ", ".join(p.name for p in args.csv)
+    table = table_from_timings(read_runs(args.csv), args.capability, source)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table.to_json())
     switched = sum(b == "unpack" for c in table.choices.values() for b in c.backends)
