@@ -5,7 +5,10 @@
 # not in all, never run yet: PART=graphs (~5 min) kernels replayed from CUDA graphs and the host/device split of
 # small-M calls; PART=graph_latency (~3 min) eager steps with and without a captured CUDA graph; PART=pipeline_memory
 # (~4 min) whole-pipeline peak memory with random weights.
-#   PART=kernels|latency_eager|latency_compiled|graphs|graph_latency|pipeline_memory|all  bash scripts/gpu_check.sh
+# A lease of 15 device minutes (the start included) holds about one full PART=kernels call plus one short one, so
+# PART=lease (~9 min, never run yet) answers the open question first in one call: GPU kernel tests, a fresh eager
+# table from the current backends (fewer M values), and the 1024² eager step timed with that table.
+#   PART=lease|kernels|latency_eager|latency_compiled|graphs|graph_latency|pipeline_memory|all  bash scripts/gpu_check.sh
 # Needs diffusers / hydra-core / omegaconf where the GPU image lacks them: wheels in .whl/ are installed first.
 set -u
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"  # default ./gpu_out
@@ -18,6 +21,22 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFL
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv \
   | tee -a "$OUT/env.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/env.txt"
+if [[ $PART == lease ]]; then  # does `auto` (with a table of today's backends) beat the fused kernels per step?
+  timeout "${T_TESTS:-150}" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -m gpu -x 2>&1 \
+    | tail -25 | tee "$OUT/gpu_tests.log"
+  timeout "${T_BENCH:-240}" python3 -m kernels.bench --m 1 16 512 4096 4608 --rep-ms 40 \
+    --out "$OUT/kernels_bench.csv" 2>&1 | tee "$OUT/bench.log" | tail -40
+  # the table from whatever cells finished (the bench writes its own only when it completes)
+  python3 -m kernels.bench.table "$OUT/kernels_bench.csv" --out "$OUT/backend_table.json" --capability \
+    "$(python3 -c 'import torch; print(*torch.cuda.get_device_capability(), sep=".")')" 2>&1 | tee -a "$OUT/bench.log"
+  python3 -m kernels.bench.step "$OUT/kernels_bench.csv" 2>&1 | tee "$OUT/step_estimate.log"
+  [[ -s $OUT/backend_table.json ]] && export FLUX158_KERNEL_TABLE=$(realpath "$OUT/backend_table.json")
+  timeout "${T_LAT:-150}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-lease \
+    'latency.variants=[bf16,w2a16,w2a16_fused,w158a8_fp8,w158a8_fp8_fused]' 'latency.compile=[false]' \
+    'latency.resolutions=[1024]' latency.steps=20 latency.pipeline_memory=false 2>&1 \
+    | grep -E "latency|Error|error" | tee "$OUT/latency_eager.log"
+  cp outputs/latency/flux-dev-cuda/metrics.json "$OUT/latency_eager.json" 2>/dev/null
+fi
 if [[ $PART == kernels || $PART == all ]]; then
   timeout "${T_TESTS:-240}" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -m "gpu or not gpu" \
     -x 2>&1 | tail -25 | tee "$OUT/gpu_tests.log"
