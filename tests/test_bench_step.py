@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from kernels.bench.roofline import GpuPeaks
 from kernels.bench.shapes import FLUX_SHAPES, M_VALUES
-from kernels.bench.step import main, predict, step_linears
+from kernels.bench.step import main, predict, roofline_ms, step_linears
 
 
 def _rows(method, us_of_m, shapes=None, ms=M_VALUES):
@@ -49,3 +50,23 @@ def test_cli_needs_every_shape(tmp_path, capsys):
         writer.writeheader()
         writer.writerows(rows)
     assert main([str(path)]) == 2 and "lack shapes" in capsys.readouterr().err
+
+
+def test_roofline_floor_from_flux_dev_parameter_counts():
+    """Big-M layers at the compute peak, the one-row modulation layers at the bandwidth, counted from FLUX.1-dev's
+    block parameters instead of the shape table."""
+    d, mlp = 3072, 12288
+    double_stream = 4 * d * d + 2 * d * mlp  # to_q/k/v/out + ff up/down, per stream (image or text)
+    single = 3 * d * d + d * mlp + (d + mlp) * d  # to_q/k/v + proj_mlp + proj_out
+    flops = 2 * (19 * double_stream * (4096 + 512) + 38 * single * 4608)
+    mods = [(d, 6 * d)] * 38 + [(d, 3 * d)] * 38  # norm1(.context).linear per double block, norm.linear per single
+
+    def mod_bytes(weight_bytes, act_bytes):  # M = 1: the weights, one activation row, one 16-bit output row
+        return sum(weight_bytes * k * n + act_bytes * k + 2 * n for k, n in mods)
+
+    peaks = GpuPeaks(bf16_tflops=100.0, int8_tops=200.0, fp8_tflops=None, bandwidth_gbs=1000.0)
+    floor = roofline_ms(peaks, 1024)
+    assert set(floor) == {"bf16", "w2a16", "w158a8_int8"}  # no fp8 on this GPU
+    assert floor["bf16"] == pytest.approx(1e3 * (flops / 100e12 + mod_bytes(2, 2) / 1e12), rel=1e-9)
+    assert floor["w2a16"] == pytest.approx(1e3 * (flops / 100e12 + mod_bytes(0.25, 2) / 1e12), rel=1e-9)
+    assert floor["w158a8_int8"] == pytest.approx(1e3 * (flops / 200e12 + mod_bytes(0.25, 1) / 1e12), rel=1e-9)

@@ -7,6 +7,9 @@ its M (linearly interpolated between the measured M, clamped to their range), pe
 format the per-cell best of the fused kernel and the unpack baseline (what `auto` picks from a table of this run).
 The rest of the step (attention, norms, the unquantized embedders) is the same for every method and not included.
 A prediction for choosing what to measure, not a measurement: isolated kernels with L2 flushed ignore overlap.
+
+For a GPU in `kernels.bench.roofline`, it also prints the roofline floor of those linears per format: what no kernel
+can beat, and so (with the measured step) how far a faster linear can speed up the step at all.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels.bench.roofline import GpuPeaks, peaks_for, roofline_seconds
 from kernels.bench.shapes import FLUX_SHAPES
 from kernels.bench.table import PAIRS, fastest_cells, read_runs
 
@@ -80,6 +84,20 @@ def predict(rows: Iterable[Mapping], resolution: int, text_tokens: int = 512) ->
     return totals
 
 
+def roofline_ms(peaks: GpuPeaks, resolution: int, text_tokens: int = 512) -> dict[str, float]:
+    """Milliseconds per step that the block linears take at the roofline: BF16, 2-bit weights with 16-bit
+    activations, and 2-bit weights with 8-bit activations (int8, and fp8 where the GPU has it)."""
+    formats = {"bf16": (peaks.bf16_tflops, 2, 2), "w2a16": (peaks.bf16_tflops, 0.25, 2),
+               "w158a8_int8": (peaks.int8_tops, 0.25, 1)}
+    if peaks.fp8_tflops:
+        formats["w158a8_fp8"] = (peaks.fp8_tflops, 0.25, 1)
+    shapes = {shape.name: shape for shape in FLUX_SHAPES}
+    return {name: 1e3 * sum(count * roofline_seconds(m, shapes[shape].k, shapes[shape].n, peak, peaks.bandwidth_gbs,
+                                                     weight_bytes, act_bytes)
+                            for shape, m, count in step_linears(resolution, text_tokens))
+            for name, (peak, weight_bytes, act_bytes) in formats.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kernels.bench.step", description=__doc__.splitlines()[0])
     ap.add_argument("csv", type=Path, nargs="+", help="kernels.bench output files from one GPU")
@@ -96,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"block linears of one {args.resolution}² step ({args.text_tokens} text tokens), summed kernel times:")
     for name, ms in sorted(totals.items(), key=lambda kv: kv[1]):
         print(f"  {name:>14}  {ms:8.1f} ms")
+    gpus = {r["gpu"] for r in rows if r.get("gpu")}
+    peaks = peaks_for(gpus.pop()) if len(gpus) == 1 else None
+    if peaks:
+        print("their roofline floor (no kernel can beat it):")
+        for name, ms in roofline_ms(peaks, args.resolution, args.text_tokens).items():
+            print(f"  {name:>14}  {ms:8.1f} ms")
     return 0
 
 
