@@ -25,10 +25,7 @@ if [[ $PART == lease ]]; then  # does `auto` (with a table of today's backends) 
   timeout "${T_TESTS:-150}" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -m gpu -x 2>&1 \
     | tail -25 | tee "$OUT/gpu_tests.log"
   timeout "${T_BENCH:-240}" python3 -m kernels.bench --m 1 16 512 4096 4608 --rep-ms 40 \
-    --out "$OUT/kernels_bench.csv" 2>&1 | tee "$OUT/bench.log" | tail -40
-  # the table from whatever cells finished (the bench writes its own only when it completes)
-  python3 -m kernels.bench.table "$OUT/kernels_bench.csv" --out "$OUT/backend_table.json" --capability \
-    "$(python3 -c 'import torch; print(*torch.cuda.get_device_capability(), sep=".")')" 2>&1 | tee -a "$OUT/bench.log"
+    --out "$OUT/kernels_bench.csv" --table "$OUT/backend_table.json" 2>&1 | tee "$OUT/bench.log" | tail -40
   python3 -m kernels.bench.step "$OUT/kernels_bench.csv" 2>&1 | tee "$OUT/step_estimate.log"
   [[ -s $OUT/backend_table.json ]] && export FLUX158_KERNEL_TABLE=$(realpath "$OUT/backend_table.json")
   timeout "${T_LAT:-150}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-lease \

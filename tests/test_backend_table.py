@@ -188,3 +188,18 @@ def test_auto_choice_traces_without_graph_breaks_and_guards_on_m(monkeypatch):
         compiled = torch.compile(f, backend="eager", fullgraph=True, dynamic=dynamic)
         assert [compiled(torch.ones(m, 256))[0, 0].item() for m in (2, 5, 20, 3)] == [2, 2, 3, 2]
         assert looked_up and all(looked_up)  # read while tracing, not per call, as graph-timed calls
+
+
+def test_bench_replaces_its_table_whole_with_the_cells_timed_so_far(tmp_path, monkeypatch):
+    from kernels.bench.__main__ import _write_table
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    path = tmp_path / "t.json"
+    path.write_text("an older table")
+    _write_table(path, [_row("w2a16", 1, 50.0), _row("unpack_bf16", 1, 60.0)], "first shape")
+    first = BackendTable.load(path)
+    assert first.source == "first shape" and first.choices[("bf16", 64, 32)].backends == ("triton",)
+    _write_table(path, [_row("w2a16", 1, 50.0), _row("unpack_bf16", 1, 60.0), _row("w2a16", 1, 9.0, k=128),
+                        _row("unpack_bf16", 1, 5.0, k=128)], "two shapes")
+    assert BackendTable.load(path).choices[("bf16", 128, 32)].backends == ("unpack",)
+    assert [p.name for p in tmp_path.iterdir()] == ["t.json"]  # no temporary left behind

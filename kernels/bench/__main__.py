@@ -115,14 +115,22 @@ def main(argv: list[str] | None = None) -> int:
                           flush=True)
                 del problem
                 torch.cuda.empty_cache()
+            if args.table and rows:  # after every shape, so a run cut off by a timeout still leaves a table
+                _write_table(args.table, rows, f"kernels.bench: {args.out.name}")
     print(f"wrote {args.out} ({len(rows)} timings on {gpu})")
-    if args.table:
-        table = table_from_timings(rows, torch.cuda.get_device_capability(), f"kernels.bench: {args.out.name}")
-        args.table.parent.mkdir(parents=True, exist_ok=True)
-        args.table.write_text(table.to_json())
+    if args.table and rows:
         print(f"wrote {args.table}: set FLUX158_KERNEL_TABLE={args.table} (or ship it in kernels/tables/ as "
               f"{table_slug(gpu)}{'.graph' if args.cuda_graph else ''}.json)")
     return 0
+
+
+def _write_table(path: Path, rows: list[dict], source: str) -> None:
+    """The backend table of the cells timed so far, replacing `path` in one step (never half written)."""
+    table = table_from_timings(rows, torch.cuda.get_device_capability(), source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(table.to_json())
+    partial.replace(path)
 
 
 if __name__ == "__main__":
