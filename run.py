@@ -9,7 +9,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import (
+from flux158.errors import Flux158Error
+from flux158.experiments import (
     benchmark,
     calibrate,
     evaluate,
@@ -20,7 +21,6 @@ from experiments import (
     tables,
     toyworld_train,
 )
-from flux158.errors import Flux158Error
 
 log = logging.getLogger("flux158")
 

@@ -14,6 +14,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
+from flux158.kernels import graph_timed_calls
 from flux158.models.hub import (
     FLUX1_DEV_CLIP_CONFIG,
     FLUX1_DEV_SCHEDULER_CONFIG,
@@ -22,7 +23,6 @@ from flux158.models.hub import (
     meta_flux_transformer,
 )
 from flux158.models.tokenizers import build_clip_tokenizer, build_t5_tokenizer
-from kernels import graph_timed_calls
 
 
 @dataclass(frozen=True)

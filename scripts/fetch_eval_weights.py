@@ -4,8 +4,9 @@
     python scripts/fetch_eval_weights.py [--only geneval t2i_compbench fidelity] [--cache-dir outputs/cache/eval]
                                          [--judge-model <hub id of a LLaVA-format ShareGPT4V>] [--dry-run]
 
-`--cache-dir` must match the runs' `paths.cache_dir`/eval (the default is the default; `python -m eval.t2i_compbench`
-reads the Hugging Face default cache, so pass `--cache-dir ~/.cache/huggingface/hub` for it). The LPIPS backbone goes to
+`--cache-dir` must match the runs' `paths.cache_dir`/eval (the default is the default;
+`python -m flux158.eval.t2i_compbench` reads the Hugging Face default cache, so pass
+`--cache-dir ~/.cache/huggingface/hub` for it). The LPIPS backbone goes to
 torch.hub's directory ($TORCH_HOME). Each item is verified as its library does: OpenMMLab's sha256 prefix for the
 mmdet checkpoint, torchvision's hash for AlexNet, the hub's ETags for Hugging Face files.
 """
@@ -20,11 +21,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from eval.geneval.weights import MASK2FORMER_SWIN_S_MMDET3  # noqa: E402
-from eval.t2i_compbench.bvqa import BLIP_VQA  # noqa: E402
-from eval.t2i_compbench.clipscore import CLIP_B32  # noqa: E402
-from eval.t2i_compbench.depth import DPT_HYBRID  # noqa: E402
-from eval.t2i_compbench.native import OWLV2  # noqa: E402
+from flux158.eval.geneval.weights import MASK2FORMER_SWIN_S_MMDET3  # noqa: E402
+from flux158.eval.t2i_compbench.bvqa import BLIP_VQA  # noqa: E402
+from flux158.eval.t2i_compbench.clipscore import CLIP_B32  # noqa: E402
+from flux158.eval.t2i_compbench.depth import DPT_HYBRID  # noqa: E402
+from flux158.eval.t2i_compbench.native import OWLV2  # noqa: E402
 
 GROUPS = ("geneval", "t2i_compbench", "fidelity")
 
@@ -51,7 +52,7 @@ def _open_clip(model: str, pretrained: str, cache_dir: Path) -> Callable[[], obj
 
 def _mmdet(cache_dir: Path) -> Callable[[], object]:
     def fetch():
-        from eval.geneval.weights import fetch as fetch_pinned
+        from flux158.eval.geneval.weights import fetch as fetch_pinned
 
         return fetch_pinned(MASK2FORMER_SWIN_S_MMDET3, cache_dir)
 

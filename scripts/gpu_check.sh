@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU session (see docs/performance.md): kernel tests, kernels.bench, experiment=latency.
+# One prepared GPU session (see docs/performance.md): kernel tests, flux158.kernels.bench, experiment=latency.
 # Sized for a 15-minute lease, one PART per call: PART=kernels ~8-9 min (more compile tests and M values since
 # the last run), latency_eager ~3.5 min, latency_compiled ~4 min (H200);
 # not in all, never run yet: PART=graphs (~5 min) kernels replayed from CUDA graphs and the host/device split of
@@ -24,9 +24,9 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 if [[ $PART == lease ]]; then  # does `auto` (with a table of today's backends) beat the fused kernels per step?
   timeout "${T_TESTS:-150}" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -m gpu -x 2>&1 \
     | tail -25 | tee "$OUT/gpu_tests.log"
-  timeout "${T_BENCH:-240}" python3 -m kernels.bench --m 1 16 512 4096 4608 --rep-ms 40 \
+  timeout "${T_BENCH:-240}" python3 -m flux158.kernels.bench --m 1 16 512 4096 4608 --rep-ms 40 \
     --out "$OUT/kernels_bench.csv" --table "$OUT/backend_table.json" 2>&1 | tee "$OUT/bench.log" | tail -40
-  python3 -m kernels.bench.step "$OUT/kernels_bench.csv" 2>&1 | tee "$OUT/step_estimate.log"
+  python3 -m flux158.kernels.bench.step "$OUT/kernels_bench.csv" 2>&1 | tee "$OUT/step_estimate.log"
   [[ -s $OUT/backend_table.json ]] && export FLUX158_KERNEL_TABLE=$(realpath "$OUT/backend_table.json")
   timeout "${T_LAT:-150}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-lease \
     'latency.variants=[bf16,w2a16,w2a16_fused,w158a8_fp8,w158a8_fp8_fused]' 'latency.compile=[false]' \
@@ -37,10 +37,10 @@ fi
 if [[ $PART == kernels || $PART == all ]]; then
   timeout "${T_TESTS:-240}" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -m "gpu or not gpu" \
     -x 2>&1 | tail -25 | tee "$OUT/gpu_tests.log"
-  timeout "${T_BENCH:-300}" python3 -m kernels.bench --rep-ms "${REP_MS:-60}" --out "$OUT/kernels_bench.csv" \
+  timeout "${T_BENCH:-300}" python3 -m flux158.kernels.bench --rep-ms "${REP_MS:-60}" --out "$OUT/kernels_bench.csv" \
     --table "$OUT/backend_table.json" \
     2>&1 | tee "$OUT/bench.log" | tail -80
-  python3 -m kernels.bench.step "$OUT/kernels_bench.csv" 2>&1 | tee "$OUT/step_estimate.log"
+  python3 -m flux158.kernels.bench.step "$OUT/kernels_bench.csv" 2>&1 | tee "$OUT/step_estimate.log"
 fi
 if [[ $PART == latency_eager || $PART == all ]]; then
   timeout "${T_LAT:-200}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-eager \
@@ -58,10 +58,10 @@ if [[ $PART == latency_compiled || $PART == all ]]; then
   cp outputs/latency/flux-dev-cuda/metrics.json "$OUT/latency_compiled.json" 2>/dev/null
 fi
 if [[ $PART == graphs ]]; then  # kernels replayed from CUDA graphs (the graph-timed backend table), host/device split
-  timeout "${T_GRAPH_BENCH:-240}" python3 -m kernels.bench --cuda-graph --rotate 32 --rep-ms 30 \
+  timeout "${T_GRAPH_BENCH:-240}" python3 -m flux158.kernels.bench --cuda-graph --rotate 32 --rep-ms 30 \
     --out "$OUT/kernels_bench_graph.csv" --table "$OUT/backend_table.graph.json" \
     2>&1 | tee "$OUT/bench_graph.log" | tail -40
-  timeout "${T_OVERHEAD:-60}" python3 -m kernels.bench --overhead --m 1 16 --rep-ms 20 --shapes qkvo mod_double \
+  timeout "${T_OVERHEAD:-60}" python3 -m flux158.kernels.bench --overhead --m 1 16 --rep-ms 20 --shapes qkvo mod_double \
     --out "$OUT/kernels_bench_overhead.csv" 2>&1 | tee "$OUT/bench_overhead.log" | tail -30
 fi
 if [[ $PART == graph_latency ]]; then  # eager steps with and without a CUDA graph

@@ -1,4 +1,4 @@
-"""`auto`'s measured choice between the fused kernels and the unpack baseline (`kernels.backend_table`): building a
+"""`auto`'s measured choice between the fused kernels and the unpack baseline (`backend_table`): building a
 table from bench timings, the nearest-M rule and its guard-friendly plan, finding a GPU's table, and dispatch."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import backend_table, dispatch, pack_ternary, ternary_linear
-from kernels.backend_table import (
+from flux158.kernels import backend_table, dispatch, pack_ternary, ternary_linear
+from flux158.kernels.backend_table import (
     EVENT_TIMING,
     GRAPH_TIMING,
     BackendTable,
@@ -22,8 +22,8 @@ from kernels.backend_table import (
     find_table,
     table_slug,
 )
-from kernels.bench.table import main as table_main
-from kernels.bench.table import table_from_timings
+from flux158.kernels.bench.table import main as table_main
+from flux158.kernels.bench.table import table_from_timings
 
 PERF = Path(__file__).parents[1] / "docs" / "perf"
 MS = (1, 16, 256, 1024, 4608)
@@ -142,7 +142,7 @@ def test_shipped_h200_table_is_rebuilt_from_the_committed_timings(tmp_path):
 def measured_gpu(monkeypatch):
     """Pretend the kernels serve CPU tensors and that the GPU's table says: unpack up to M = 7, fused above (8 is
     equally near 4 and 16 on a log scale, and ties go to the larger M)."""
-    from kernels import ops  # noqa: F401  (registers torch.ops.flux158)
+    from flux158.kernels import ops  # noqa: F401  (registers torch.ops.flux158)
 
     table = BackendTable("test GPU", (9, 0), "test", {("bf16", 256, 48): ShapeChoice((4, 16), ("unpack", "triton"))})
     monkeypatch.setattr(dispatch, "kernel_available", lambda x, act=None: True)
@@ -191,7 +191,7 @@ def test_auto_choice_traces_without_graph_breaks_and_guards_on_m(monkeypatch):
 
 
 def test_bench_replaces_its_table_whole_with_the_cells_timed_so_far(tmp_path, monkeypatch):
-    from kernels.bench.__main__ import _write_table
+    from flux158.kernels.bench.__main__ import _write_table
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     path = tmp_path / "t.json"

@@ -1,12 +1,12 @@
-"""`python -m kernels.bench.step`: one FLUX.1-dev step's block linears, and their summed bench times."""
+"""`python -m flux158.kernels.bench.step`: one FLUX.1-dev step's block linears, and their summed bench times."""
 
 from __future__ import annotations
 
 import pytest
 
-from kernels.bench.roofline import GpuPeaks
-from kernels.bench.shapes import FLUX_SHAPES, M_VALUES
-from kernels.bench.step import main, predict, roofline_ms, step_linears
+from flux158.kernels.bench.roofline import GpuPeaks
+from flux158.kernels.bench.shapes import FLUX_SHAPES, M_VALUES
+from flux158.kernels.bench.step import main, predict, roofline_ms, step_linears
 
 
 def _rows(method, us_of_m, shapes=None, ms=M_VALUES):

@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 
 from conftest import REPO, run_cli
-from experiments import resolve
+from flux158.experiments import resolve
 from flux158.generation.images import SamplerSettings
 from flux158.models import HubFluxSpec, TinyFluxSpec, ToyWorldSource
 

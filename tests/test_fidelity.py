@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.fidelity import image_fidelity
+from flux158.eval.fidelity import image_fidelity
 
 
 def _write(root, rel, value):
@@ -44,8 +44,8 @@ def _noisy(root, rel, base, sigma, seed=0):
 def fidelity_models():
     import torch
 
-    from eval.fidelity import ClipSimilarity, Perceptual
-    from eval.geneval.build import register_tiny_clip
+    from flux158.eval.fidelity import ClipSimilarity, Perceptual
+    from flux158.eval.geneval.build import register_tiny_clip
 
     torch.manual_seed(0)
     # real LPIPS linear heads over a random backbone; a shrunk random open_clip: offline stand-ins
@@ -73,7 +73,7 @@ def test_identical_images_give_identity_values_and_noise_moves_every_metric_one_
 
 
 def test_comparison_grid_puts_each_variant_in_its_column(tmp_path):
-    from eval.fidelity import comparison_grid
+    from flux158.eval.fidelity import comparison_grid
 
     columns = {}
     for name, value in [("bf16", 40), ("absmean", 200)]:
@@ -94,7 +94,7 @@ def test_comparison_grid_puts_each_variant_in_its_column(tmp_path):
 def test_evaluate_reports_fidelity_to_the_bf16_images_of_the_same_seeds(compose):
     import json
 
-    from experiments import calibrate, evaluate, generate, quantize
+    from flux158.experiments import calibrate, evaluate, generate, quantize
 
     common = ("experiment=geneval", "model=tiny", "logger=none", "benchmark.limit_per_group=1",
               "benchmark.samples_per_prompt=2")

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import generate
 from flux158.errors import LayoutError
+from flux158.experiments import generate
 
 TINY = ["experiment=smoke", "logger=none"]
 TINY_MODEL = ["model=tiny", "sampler=tiny", "logger=none"]  # with a paper experiment's prompts

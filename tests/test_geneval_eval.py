@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from eval.geneval.__main__ import main as geneval_cli
-from eval.geneval.classes import OBJECT_NAMES
-from eval.geneval.colors import COLORS, ColorClassifier, masked_crop
-from eval.geneval.detector import detections_by_class
-from eval.geneval.folder import IncompleteFolderError, check_complete
-from eval.geneval.rules import Detection
-from eval.geneval.scoring import GenEvalScorer, write_results
-from eval.geneval.weights import PinnedFile, WeightsUnavailableError, fetch, sha256_of
+from flux158.eval.geneval.__main__ import main as geneval_cli
+from flux158.eval.geneval.classes import OBJECT_NAMES
+from flux158.eval.geneval.colors import COLORS, ColorClassifier, masked_crop
+from flux158.eval.geneval.detector import detections_by_class
+from flux158.eval.geneval.folder import IncompleteFolderError, check_complete
+from flux158.eval.geneval.rules import Detection
+from flux158.eval.geneval.scoring import GenEvalScorer, write_results
+from flux158.eval.geneval.weights import PinnedFile, WeightsUnavailableError, fetch, sha256_of
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -153,7 +153,7 @@ def test_scoring_a_folder_follows_the_rules(tmp_path):
 
 
 def test_hf_detector_path_with_random_weights():
-    from eval.geneval.build import build_detector
+    from flux158.eval.geneval.build import build_detector
 
     torch.manual_seed(0)  # random weights: fixed so that some query survives post-processing
     detector = build_detector("hf", "random", "cpu")
@@ -177,7 +177,7 @@ def _require_mmdet():
 
 def test_mmdet_detector_path_with_random_weights():
     _require_mmdet()
-    from eval.geneval.build import build_detector
+    from flux158.eval.geneval.build import build_detector
 
     detector = build_detector("mmdet", "random", "cpu")
     image = (np.random.default_rng(0).random((64, 48, 3)) * 255).astype(np.uint8)
@@ -217,7 +217,7 @@ def test_fetch_verifies_the_hash_and_explains_offline(tmp_path):
 
 def test_experiment_geneval_on_the_tiny_model(compose):
     _require_mmdet()
-    from experiments import evaluate, generate
+    from flux158.experiments import evaluate, generate
 
     cfg = compose("experiment=geneval", "model=tiny", "logger=none", "benchmark.limit_per_group=3",
                   "calib=smoke")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from eval.geneval.rules import Detection, filter_detections, judge, relative_position, summarize
+from flux158.eval.geneval.rules import Detection, filter_detections, judge, relative_position, summarize
 
 
 def det(x1, y1, x2, y2, score=0.99):

@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import GROUP, kernel_available, pack_ternary, packed_rows, ternary_linear, unpack_ternary
-from kernels.reference import quantize_activations_ref
+from flux158.kernels import GROUP, kernel_available, pack_ternary, packed_rows, ternary_linear, unpack_ternary
+from flux158.kernels.reference import quantize_activations_ref
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -63,7 +63,7 @@ def test_layout_interleaves_contiguous_k_slabs():
 
 
 def test_int8_activation_quantization_matches_reference_exactly():
-    from kernels import ops
+    from flux158.kernels import ops
 
     x = torch.randn(5, 300, generator=torch.Generator().manual_seed(3)).to(DEVICE)
     q, s = ops.quantize_rows(x, 1)
@@ -76,7 +76,7 @@ def test_int8_activation_quantization_matches_reference_exactly():
 
 
 def test_fp8_activation_quantization_is_exact_on_representable_rows():
-    from kernels import ops
+    from flux158.kernels import ops
 
     grid = torch.tensor([0.0, 0.5, 1.0, 1.75, 3.0, 26.0, 120.0, 240.0, 448.0])  # e4m3 values; max 448 -> scale 1
     x = (grid[torch.randint(0, len(grid), (4, 200), generator=torch.Generator().manual_seed(0))]
@@ -118,7 +118,7 @@ def test_w158a8_int8_is_exact_before_the_scale(m, per_channel):
 @pytest.mark.skipif(CUDA, reason="on CUDA the autotuner chooses the GEMM form")
 @pytest.mark.parametrize("act", [None, "int8", "fp8"])
 def test_swapped_gemm_form_computes_the_same(monkeypatch, act):
-    from kernels import ops
+    from flux158.kernels import ops
 
     x, codes, scale, bias = _problem(40, 300, 70, True, True, torch.float16)
     packed = pack_ternary(codes)
@@ -174,7 +174,7 @@ def test_3d_input_and_bias_dtype_follow_x():
 def test_auto_dispatch_falls_back_to_reference_on_cpu(monkeypatch):
     x, codes, scale, bias = _problem(4, 64, 8, True, True, torch.bfloat16)
     assert not kernel_available(x) and not kernel_available(x, "int8")
-    from kernels import ops
+    from flux158.kernels import ops
 
     def boom(*args, **kwargs):
         raise AssertionError("the Triton op must not run on CPU in auto mode")
@@ -268,7 +268,7 @@ def test_torch_compile_sees_the_op(backend, act_bits, act_format):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_overhead_split_sees_device_time():
-    from kernels.bench.overhead import device_us, host_us
+    from flux158.kernels.bench.overhead import device_us, host_us
 
     a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
     big = device_us(lambda: a @ a, calls=5)  # 137 GFLOP: tens of µs at least, on any GPU

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import benchmark
 from flux158.errors import Flux158Error
+from flux158.experiments import benchmark
+from flux158.kernels.bench.methods import METHODS, Problem, build
 from flux158.latency import GraphedStep, StepSettings, random_transformer, time_steps, transformer_inputs
 from flux158.modulation import modulation_tables
-from kernels.bench.methods import METHODS, Problem, build
 
 TINY = {"patch_size": 1, "in_channels": 16, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
         "num_attention_heads": 2, "joint_attention_dim": 32, "pooled_projection_dim": 32, "guidance_embeds": True,
@@ -124,7 +124,7 @@ def test_bench_baselines_compute_the_reference():
 
 
 def test_host_time_counts_the_issuing_cost_per_call():
-    from kernels.bench.overhead import host_us
+    from flux158.kernels.bench.overhead import host_us
 
     def slow_call():  # a call whose host cost is known: at least 2 ms of sleeping
         import time

@@ -75,7 +75,7 @@ def test_generation_speedups_match_the_plain_images_and_are_keyed_apart(compose)
     import numpy as np
     from PIL import Image
 
-    from experiments import generate
+    from flux158.experiments import generate
 
     common = ("experiment=smoke", "model=tiny", "logger=none", "quant=bf16")
     plain_dir = generate.run(compose(*common))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import FluxPipeline
 
-from experiments import generate
+from flux158.experiments import generate
 from flux158.models.tiny import TinyFluxSpec, ensure_tiny_pipeline
 from flux158.quant import QuantizedCheckpointError, TernaryConfig, TernaryLinear, load_quantized, quantize_
 from flux158.quant import save_quantized as save

@@ -2,7 +2,7 @@
 
 import json
 
-from experiments import storage
+from flux158.experiments import storage
 from flux158.models.hub import meta_flux_transformer
 from flux158.quant import block_linear_names
 from flux158.quant.storage import storage_report

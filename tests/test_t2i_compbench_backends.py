@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.errors import WeightsUnavailableError
-from eval.t2i_compbench import judge as scot
-from eval.t2i_compbench.native import NativeDetector, detections_from_scores
-from eval.t2i_compbench.rules import Detection
+from flux158.eval.errors import WeightsUnavailableError
+from flux158.eval.t2i_compbench import judge as scot
+from flux158.eval.t2i_compbench.native import NativeDetector, detections_from_scores
+from flux158.eval.t2i_compbench.rules import Detection
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 
@@ -64,7 +64,7 @@ def clip_tokenizer(tmp_path_factory):
 def test_native_detector_queries_every_label_once_and_matches_owlv2s_forward(clip_tokenizer):
     from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor
 
-    from eval.t2i_compbench.depth import TO_DETECTOR_RESOLUTION
+    from flux158.eval.t2i_compbench.depth import TO_DETECTOR_RESOLUTION
 
     tok = clip_tokenizer
     torch.manual_seed(0)
@@ -115,7 +115,7 @@ class _FlatDepth:
 
 
 def test_native_detector_feeds_the_official_rules(tmp_path):
-    from eval.t2i_compbench.scoring import score_category
+    from flux158.eval.t2i_compbench.scoring import score_category
 
     dog, cat = Detection("dog", (0, 0, 10, 10), 0.9), Detection("cat", (100, 0, 110, 10), 0.8)
     spatial = tmp_path / "spatial"
@@ -237,8 +237,8 @@ names = sorted(p.name for p in (root / "samples").glob("*.png"))
 
 
 def test_official_scot_runs_upstreams_script_and_rescales_to_0_1(tmp_path):
-    from eval.t2i_compbench.official import JUDGE_DIR, OfficialRunner
-    from eval.t2i_compbench.scoring import score_category
+    from flux158.eval.t2i_compbench.official import JUDGE_DIR, OfficialRunner
+    from flux158.eval.t2i_compbench.scoring import score_category
 
     checkout = tmp_path / "T2I-CompBench"
     (checkout / JUDGE_DIR).mkdir(parents=True)
@@ -255,10 +255,10 @@ def test_official_scot_runs_upstreams_script_and_rescales_to_0_1(tmp_path):
 def test_unidet_labels_are_derived_from_the_weights_only_pickle_and_checked(tmp_path, monkeypatch):
     import urllib.request
 
-    from eval.t2i_compbench.vocabulary import read_unidet_labels
     from flux158.data.pinned import fetch
     from flux158.data.sources import UNIDET_LABELS
     from flux158.errors import PromptDataError
+    from flux158.eval.t2i_compbench.vocabulary import read_unidet_labels
 
     labels = (SHARED / "t2i_compbench" / "unidet_detection_features_labels_722.txt").read_text().splitlines()
     pickle = io.BytesIO()
@@ -276,8 +276,8 @@ def test_unidet_labels_are_derived_from_the_weights_only_pickle_and_checked(tmp_
 
 
 def test_experiment_scores_all_eight_categories_in_this_environment(compose, small_judge, monkeypatch):
-    from eval.t2i_compbench import bvqa, clipscore, depth, native
-    from experiments import evaluate, generate
+    from flux158.eval.t2i_compbench import bvqa, clipscore, depth, native
+    from flux158.experiments import evaluate, generate
 
     dog, cat = Detection("dog", (0, 0, 10, 10), 0.9), Detection("cat", (100, 0, 110, 10), 0.8)
     loaded = {}
@@ -316,7 +316,7 @@ def test_experiment_scores_all_eight_categories_in_this_environment(compose, sma
 
 
 def test_paper_metrics_are_the_default_and_classic_ones_selectable(compose):
-    from experiments.t2i_compbench_eval import protocol
+    from flux158.experiments.t2i_compbench_eval import protocol
 
     base = ("experiment=t2i_compbench", "model=tiny", "logger=none", "benchmark.evaluator_weights=pretrained")
     chosen = protocol(compose(*base))
@@ -333,7 +333,7 @@ def test_paper_metrics_are_the_default_and_classic_ones_selectable(compose):
 
 def test_tiny_model_plumbing_run_scores_all_eight_categories_with_random_evaluators(compose):
     """experiment=t2i_compbench model=tiny: every category through shrunk random BLIP/CLIP/DPT/OWLv2/LLaVA."""
-    from experiments import evaluate, generate
+    from flux158.experiments import evaluate, generate
 
     cfg = compose("experiment=t2i_compbench", "model=tiny", "logger=none", "benchmark.limit_per_group=1",
                   "benchmark.samples_per_prompt=1", "benchmark.metrics.complex=3-in-1")
@@ -347,7 +347,7 @@ def test_tiny_model_plumbing_run_scores_all_eight_categories_with_random_evaluat
 
 
 def test_cli_scores_with_the_native_detector_and_shrunk_models(tmp_path, capsys):
-    from eval.t2i_compbench.__main__ import main
+    from flux158.eval.t2i_compbench.__main__ import main
 
     category = tmp_path / "numeracy"
     _write(category, [f"two dogs_{k:06d}.png" for k in range(2)])

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from eval.errors import IncompleteFolderError
-from eval.t2i_compbench.clipscore import CLIPScore
-from eval.t2i_compbench.folder import check_complete
+from flux158.eval.errors import IncompleteFolderError
+from flux158.eval.t2i_compbench.clipscore import CLIPScore
+from flux158.eval.t2i_compbench.folder import check_complete
 
 
 def _write(category, names):
@@ -78,7 +78,7 @@ def test_clipscore_refuses_prompts_longer_than_77_tokens(small_clip):
 
 
 def test_questions_from_a_fixed_parse():
-    from eval.t2i_compbench.bvqa import pre_question, questions_from_phrases
+    from flux158.eval.t2i_compbench.bvqa import pre_question, questions_from_phrases
 
     chunks = ["A Green (Bench)", "the left", "a blue car!", "top", *[f"thing {i}" for i in range(10)]]
     qs = questions_from_phrases(chunks)
@@ -90,7 +90,7 @@ def test_questions_from_a_fixed_parse():
 def small_blip(tmp_path_factory):
     from transformers import BertTokenizer, BlipConfig, BlipForQuestionAnswering, BlipImageProcessor
 
-    from eval.t2i_compbench.bvqa import BlipVQA
+    from flux158.eval.t2i_compbench.bvqa import BlipVQA
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "green", "bench", "blue", "car", "?", "yes", "no",
              "[DEC]", "[ENC]"]
@@ -139,7 +139,7 @@ def test_bvqa_image_score_is_the_rounded_product(small_blip, monkeypatch):
 @pytest.mark.parametrize(("size", "expected"), [((1024, 1024), (479, 479)), ((1024, 768), (480, 360)),
                                                 ((400, 600), (320, 480)), ((480, 470), (480, 470))])
 def test_detector_resolution_is_torchvisions_resize_479_max_480(size, expected):
-    from eval.t2i_compbench.depth import TO_DETECTOR_RESOLUTION
+    from flux158.eval.t2i_compbench.depth import TO_DETECTOR_RESOLUTION
 
     assert TO_DETECTOR_RESOLUTION(Image.new("L", size)).size == expected
 
@@ -147,7 +147,7 @@ def test_detector_resolution_is_torchvisions_resize_479_max_480(size, expected):
 def test_depth_map_is_normalised_quantised_and_resized():
     from transformers import DPTConfig, DPTForDepthEstimation
 
-    from eval.t2i_compbench.depth import DepthEstimator
+    from flux158.eval.t2i_compbench.depth import DepthEstimator
 
     torch.manual_seed(0)
     config = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
@@ -179,7 +179,7 @@ class _Chunks:
 
 
 def test_score_category_with_bvqa_and_clipscore(tmp_path, small_blip, small_clip, monkeypatch):
-    from eval.t2i_compbench.scoring import CLASSIC_METRICS, Protocol, score_category
+    from flux158.eval.t2i_compbench.scoring import CLASSIC_METRICS, Protocol, score_category
 
     category = tmp_path / "color"
     _write(category, [f"a green bench and a blue car_{k:06d}.png" for k in range(2)]
@@ -205,7 +205,7 @@ def test_score_category_with_bvqa_and_clipscore(tmp_path, small_blip, small_clip
 
 
 def test_cli_refuses_what_it_cannot_score(tmp_path, capsys):
-    from eval.t2i_compbench.__main__ import main
+    from flux158.eval.t2i_compbench.__main__ import main
 
     category = tmp_path / "spatial"
     _write(category, ["a dog on the left of a cat_000000.png"])
@@ -248,9 +248,9 @@ def _fake_checkout(root, script, result):
 def test_official_runner_runs_the_upstream_script_and_reads_its_results(tmp_path, capsys):
     import sys
 
-    from eval.t2i_compbench.__main__ import main
-    from eval.t2i_compbench.official import OfficialRunner, OfficialRunnerError
-    from eval.t2i_compbench.scoring import score_category
+    from flux158.eval.t2i_compbench.__main__ import main
+    from flux158.eval.t2i_compbench.official import OfficialRunner, OfficialRunnerError
+    from flux158.eval.t2i_compbench.scoring import score_category
 
     checkout = _fake_checkout(tmp_path / "T2I-CompBench", "numeracy_eval.py", "annotation_num/vqa_result.json")
     category = tmp_path / "numeracy"
@@ -272,8 +272,8 @@ def test_official_runner_runs_the_upstream_script_and_reads_its_results(tmp_path
 def test_complex_is_three_in_one_with_the_complex_mode_runner(tmp_path, small_blip, small_clip, monkeypatch):
     import sys
 
-    from eval.t2i_compbench.official import OfficialRunner
-    from eval.t2i_compbench.scoring import CLASSIC_METRICS, Protocol, score_category
+    from flux158.eval.t2i_compbench.official import OfficialRunner
+    from flux158.eval.t2i_compbench.scoring import CLASSIC_METRICS, Protocol, score_category
 
     checkout = _fake_checkout(tmp_path / "T2I-CompBench", "2D_spatial_eval.py",
                               "labels/annotation_obj_detection_2d/vqa_result.json")
@@ -302,8 +302,8 @@ def test_experiment_t2i_compbench_scores_its_categories(compose, tmp_path, small
     import json
     import sys
 
-    from eval.t2i_compbench import bvqa, clipscore
-    from experiments import evaluate, generate
+    from flux158.eval.t2i_compbench import bvqa, clipscore
+    from flux158.experiments import evaluate, generate
 
     checkout = _fake_checkout(tmp_path / "T2I-CompBench", "numeracy_eval.py", "annotation_num/vqa_result.json")
     monkeypatch.setattr(bvqa.BlipVQA, "from_pretrained", classmethod(lambda cls, **kwargs: small_blip))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.t2i_compbench.rules import (
+from flux158.eval.t2i_compbench.rules import (
     DEPTH_LOCALITIES,
     SPATIAL_LOCALITIES,
     Detection,
@@ -130,7 +130,7 @@ def test_numeracy_half_for_presence_half_for_the_exact_count():
 
 
 def test_objects_are_the_first_and_last_noun_of_a_fixed_parse():
-    from eval.t2i_compbench.rules import first_and_last_noun
+    from flux158.eval.t2i_compbench.rules import first_and_last_noun
 
     parse = [("a", "DET"), ("wooden", "ADJ"), ("chair", "NOUN"), ("on", "ADP"), ("the", "DET"), ("left", "NOUN"),
              ("of", "ADP"), ("a", "DET"), ("red", "ADJ"), ("car", "NOUN")]
@@ -140,7 +140,7 @@ def test_objects_are_the_first_and_last_noun_of_a_fixed_parse():
 
 
 def test_three_in_one_picks_the_formula_by_sub_type():
-    from eval.t2i_compbench.complex import three_in_one, without_adjectives
+    from flux158.eval.t2i_compbench.complex import three_in_one, without_adjectives
 
     prompts = ["The red cup is on the left of the book.", "A man walks a brown dog", "a blue car near a tall tree"]
     attribute, spatial, clip = [0.8, 0.6, 0.4, 0.2, 0.9, 0.3], [0.4, 0.0, 0.9, 0.9, 0.6, 0.0], [0.3] * 6
@@ -169,6 +169,6 @@ def _parse(tagged: str) -> list[tuple[str, str]]:
     ("John/PROPN stands/VERB on/ADP the/DET left/NOUN of/ADP a/DET car/NOUN", ("John", "car")),
 ])
 def test_complex_mode_objects_around_prepositions(tagged, expected):
-    from eval.t2i_compbench.rules import objects_around_prepositions
+    from flux158.eval.t2i_compbench.rules import objects_around_prepositions
 
     assert objects_around_prepositions(_parse(tagged)) == expected

@@ -144,7 +144,7 @@ def test_fig_2_storage_and_the_method_table_join_quantize_evaluate_and_fidelity(
 
 
 def test_experiment_paper_tables_from_disk_and_from_wandb(compose, tmp_path, monkeypatch):
-    from experiments import tables, tracking
+    from flux158.experiments import tables, tracking
 
     out_dir = tmp_path / "outputs"
     _write(out_dir, "evaluate/t2i_compbench/flux_dev-bf16-1", _evaluate(

@@ -10,10 +10,10 @@ import pytest
 import torch
 from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
 
-from eval.toyworld.detector import ToyDetector
-from eval.toyworld.scoring import score_folder
-from experiments import evaluate, generate
 from flux158.data.prompts import geneval_prompts_from_records
+from flux158.eval.toyworld.detector import ToyDetector
+from flux158.eval.toyworld.scoring import score_folder
+from flux158.experiments import evaluate, generate
 from flux158.generation.images import SamplerSettings, generate_images
 from flux158.generation.layouts import GenEvalLayout
 from flux158.models import ToyWorldSource, load_pipeline
@@ -58,7 +58,7 @@ def test_fixed_prompt_and_seed_give_the_same_bytes(toy_pipe, tmp_path):
 
 
 def _score(pipe, root) -> dict[str, float]:
-    from eval.geneval.rules import summarize
+    from flux158.eval.geneval.rules import summarize
 
     items = geneval_prompts_from_records(heldout_prompts())
     generate_images(pipe, items, GenEvalLayout(root), samples_per_prompt=2, base_seed=42, sampler=SAMPLER,

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from eval.toyworld.detector import ToyDetector
-from eval.toyworld.scoring import score_image
+from flux158.eval.toyworld.detector import ToyDetector
+from flux158.eval.toyworld.scoring import score_image
 from flux158.toyworld.scenes import PALETTE, TAGS, heldout_prompts, render_scene, sample_prompt, scene_for
 
 

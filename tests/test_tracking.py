@@ -2,7 +2,7 @@
 
 import json
 
-from experiments import tracking
+from flux158.experiments import tracking
 from wandb_records import record_values, settled_records
 
 

@@ -25,7 +25,7 @@ from flux158.errors import Flux158Error
 from flux158.quant.config import TernaryConfig
 from flux158.quant.linear import TernaryLinear
 
-FORMAT_VERSION = 2  # 2: group-interleaved `2bit` layout (kernels.layout); 1 was plainly K-packed
+FORMAT_VERSION = 2  # 2: group-interleaved `2bit` layout (flux158.kernels.layout); 1 was plainly K-packed
 QUANT_FILE, CONFIG_FILE, WEIGHTS_FILE = "quantization.json", "transformer_config.json", "model.safetensors"
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flux158.kernels.reference import ACT_FORMATS
 from flux158.quant.packing import FORMATS
 from flux158.quant.ternary import METHODS as DATA_FREE_METHODS
-from kernels.reference import ACT_FORMATS
 
 GRANULARITIES = ("tensor", "channel")
 CALIBRATED_METHODS = ("gptq", "distill")

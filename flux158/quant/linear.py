@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flux158.kernels import ternary_linear
+from flux158.kernels.reference import ternary_linear_dense
 from flux158.quant.config import TernaryConfig
 from flux158.quant.packing import pack, packed_shape, unpack
 from flux158.quant.ternary import ternarize
-from kernels import ternary_linear
-from kernels.reference import ternary_linear_dense
 
 
 def lowrank_factors(residual: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +43,7 @@ class TernaryLinear(nn.Module):
         r = config.lowrank_rank
         self.register_buffer("lowrank_a", torch.empty(out_features, r, dtype=dtype, device=device) if r else None)
         self.register_buffer("lowrank_b", torch.empty(r, in_features, dtype=dtype, device=device) if r else None)
-        self.backend = "auto"  # `kernels.ternary_linear` backend: auto, triton, unpack or reference
+        self.backend = "auto"  # `flux158.kernels.ternary_linear` backend: auto, triton, unpack or reference
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, config: TernaryConfig,

@@ -1,7 +1,7 @@
 """Packed storage of ternary codes; every format round-trips exactly for any shape.
 
 `2bit` (compute): code + 1 in two bits, four per byte along the input dimension K, group-interleaved for the
-kernels. The layout is owned by `kernels.layout` (the kernels read it); for a weight (N, K) the packed tensor is
+kernels. The layout is owned by `flux158.kernels.layout` (the kernels read it); for a weight (N, K) the packed tensor is
 (packed_rows(K), N) uint8, K padded to a multiple of 128.
 `trit5` (archival, 1.6 bits): the flattened codes + 1 in base 3, five trits per byte (3^5 = 243 <= 256).
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels.layout import pack_ternary as pack_2bit
-from kernels.layout import packed_rows
-from kernels.layout import unpack_ternary as unpack_2bit
+from flux158.kernels.layout import pack_ternary as pack_2bit
+from flux158.kernels.layout import packed_rows
+from flux158.kernels.layout import unpack_ternary as unpack_2bit
 
 FORMATS = ("2bit", "trit5")
 

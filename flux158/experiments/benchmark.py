@@ -1,0 +1,236 @@
+"""Stage `latency` (`experiment=latency`): transformer step latency and peak memory of BF16, ternary W2A16 and
+ternary W1.58A8, eager and `torch.compile`d (regional: the repeated blocks), per resolution (paper Table 3, Fig. 2).
+
+On a GPU it times the configured model (FLUX.1-dev-shaped with random weights by default); on a CPU only the tiny
+model runs, as a smoke test of the protocol, and `metrics.json` says so (`smoke: true`).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+from diffusers import FluxPipeline
+from omegaconf import DictConfig, OmegaConf
+
+from flux158.artifacts import atomic_write_text
+from flux158.errors import Flux158Error
+from flux158.experiments import provenance, resolve, tracking
+from flux158.latency import (
+    StepSettings,
+    StepTiming,
+    random_pipeline,
+    random_transformer,
+    time_steps,
+    transformer_inputs,
+)
+from flux158.models import HubFluxSpec, parse_dtype
+from flux158.models.hub import FLUX1_DEV_TRANSFORMER_CONFIG
+from flux158.modulation import modulation_tables
+from flux158.quant import TernaryConfig, TernaryLinear, quantize_, set_activations
+
+log = logging.getLogger(__name__)
+# variant -> (activation bits, 8-bit format, `ternary_linear` backend); None is the BF16 model. Plain names
+# run `auto` (per shape, the faster of fused and unpack measured for this GPU: `flux158.kernels.backend_table`); the
+# `_fused` and `_unpack` names force one backend.
+_FORMATS = {"w2a16": (16, "int8"), "w158a8_int8": (8, "int8"), "w158a8_fp8": (8, "fp8")}
+_SUFFIXES = {"": "auto", "_fused": "triton", "_unpack": "unpack"}
+VARIANTS = {"bf16": None} | {name + suffix: (*bits, backend) for name, bits in _FORMATS.items()
+                             for suffix, backend in _SUFFIXES.items()}
+COLUMNS = ["variant", "compiled", "cuda_graph", "resolution", "per_step_ms", "total_ms", "weights_gib", "peak_gib",
+           "error"]
+
+
+def _architecture(cfg: DictConfig) -> dict:
+    if isinstance(resolve.model_spec(cfg), HubFluxSpec):
+        return {**FLUX1_DEV_TRANSFORMER_CONFIG, "guidance_embeds": cfg.model.get("guidance_embeds", True)}
+    return dict(resolve.pipeline(resolve.full_precision(cfg), torch.device("cpu")).transformer.config)
+
+
+def _transformer(cfg: DictConfig, arch: dict, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    if cfg.latency.weights == "pretrained":
+        return resolve.pipeline(resolve.full_precision(cfg), torch.device("cpu")).transformer.to(device, dtype)
+    return random_transformer(arch, device, dtype, seed=cfg.seed)
+
+
+def _convert(model: torch.nn.Module, variant: str, method: str, quantized: bool) -> bool:
+    """Turn `model` into `variant` in place (BF16 -> ternary is one-way); returns whether it is ternary now."""
+    bits = VARIANTS[variant]
+    if bits is None:
+        if quantized:
+            raise Flux158Error("latency.variants must list bf16 before the ternary variants")
+        return False
+    if not quantized:
+        quantize_(model, TernaryConfig(method, "channel"))
+    act_bits, act_format, backend = bits
+    set_activations(model, act_bits, act_format)
+    on_gpu = next(model.parameters()).is_cuda
+    for module in model.modules():
+        if isinstance(module, TernaryLinear):
+            module.backend = backend if on_gpu else "auto"  # the CPU smoke test runs the reference
+    return True
+
+
+def _gib(n: int | None) -> float | None:
+    return None if n is None else round(n / 2**30, 3)
+
+
+def run(cfg: DictConfig) -> Path:
+    lat = cfg.latency
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    smoke = device.type == "cpu"
+    if smoke and isinstance(resolve.model_spec(cfg), HubFluxSpec):
+        raise Flux158Error("experiment=latency on a CPU runs the tiny-model smoke test only: add model=tiny")
+    if lat.weights not in ("random", "pretrained"):
+        raise Flux158Error(f"latency.weights must be random or pretrained, got {lat.weights!r}")
+    unknown = [v for v in lat.variants if v not in VARIANTS]
+    if unknown:
+        raise Flux158Error(f"unknown latency variant(s) {unknown}; choose from {list(VARIANTS)}")
+    graphs = list(lat.cuda_graph)
+    if smoke and any(graphs):
+        log.info("latency: CUDA-graphed steps are timed on GPUs only; skipping them on CPU")
+        graphs = [g for g in graphs if not g]
+    arch = _architecture(cfg)
+    dtype = parse_dtype(lat.dtype)
+    torch._dynamo.config.automatic_dynamic_shapes = False  # one static graph per resolution, as in deployment
+    torch._dynamo.config.cache_size_limit = 64
+    out = Path(cfg.paths.output_dir) / "latency" / f"{cfg.model.name}-{device.type}"
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    metrics = {"model": cfg.model.name, "quant": "latency", "benchmark": "latency", **provenance.environment(),
+               "triton": _triton_version(), "kernel_table": _kernel_table(device), "smoke": smoke,
+               "weights": lat.weights,
+               "settings": {**OmegaConf.to_container(lat, resolve=True), "device": str(device)},
+               "metrics": {"rows": rows}}
+    for compiled in lat.compile:
+        if compiled and smoke:
+            log.info("latency: torch.compile is timed on GPUs only; skipping on CPU")
+            continue
+        model, quantized = _transformer(cfg, arch, device, dtype), False
+        for variant in lat.variants:
+            quantized = _convert(model, variant, lat.method, quantized)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if compiled:
+                model.compile_repeated_blocks(fullgraph=lat.fullgraph)
+            for resolution in lat.resolutions:
+                settings = StepSettings(resolution, resolution, lat.steps, lat.warmup, 1, lat.text_tokens)
+                inputs = transformer_inputs(arch, settings, device, dtype)
+                for graphed in graphs:
+                    with ExitStack() as stack:
+                        prepare = None
+                        if lat.batched_modulation:  # all steps' modulation vectors in one pass per layer
+                            prepare = stack.enter_context(modulation_tables(
+                                model, settings.timesteps(device), inputs["pooled_projections"],
+                                inputs.get("guidance"))).select
+                        try:
+                            timing = time_steps(model, inputs, settings, cuda_graph=graphed, prepare=prepare)
+                        except Exception as err:  # one failing setting must not lose the others
+                            log.exception("latency %s failed", variant)
+                            timing = StepTiming(error=f"{type(err).__name__}: {str(err).strip()[:300]}")
+                    row = {"variant": variant, "compiled": compiled, "cuda_graph": graphed, "resolution": resolution,
+                           "per_step_ms": timing.per_step_ms, "total_ms": timing.total_ms,
+                           "weights_gib": _gib(timing.weights_bytes), "peak_gib": _gib(timing.peak_bytes),
+                           "error": timing.error}
+                    rows.append(row)
+                    mode = ("compiled" if compiled else "eager") + (", CUDA graph" if graphed else "")
+                    log.info("latency %s (%s) %dpx: %s", variant, mode, resolution,
+                             timing.error or f"{timing.per_step_ms:.2f} ms/step, {lat.steps} steps "
+                             f"{timing.total_ms / 1e3:.2f} s, peak {_gib(timing.peak_bytes)} GiB")
+                    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # partial results survive
+        del model
+        gc.collect()
+    _speedups(rows)
+    if lat.pipeline_memory:
+        metrics["metrics"]["pipeline"] = _pipeline_memory(cfg, device, arch)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    with tracking.track(cfg, "latency") as tracker:
+        tracker.table("latency", COLUMNS + ["speedup_vs_bf16_compiled", "memory_ratio_vs_bf16"],
+                      [[r.get(c) for c in COLUMNS + ["speedup_vs_bf16_compiled", "memory_ratio_vs_bf16"]]
+                       for r in rows])
+        tracker.artifact(out / "metrics.json", f"latency-{cfg.model.name}-{device.type}", "results")
+    log.info("latency: wrote %s (%s%s)", out / "metrics.json", metrics["gpu"], ", CPU smoke test" if smoke else "")
+    failed = [r for r in rows if r["error"] and r["error"] != "OOM"]
+    if failed:
+        raise Flux158Error(f"latency: {len(failed)} setting(s) failed (the rest are in {out / 'metrics.json'}): "
+                           + "; ".join(f"{r['variant']} compiled={r['compiled']} cuda_graph={r['cuda_graph']} "
+                                       f"{r['resolution']}px: {r['error']}" for r in failed))
+    return out
+
+
+def _pipeline_memory(cfg: DictConfig, device: torch.device, arch: dict) -> list[dict]:
+    """Peak memory of one whole-pipeline generation (text encoders, transformer, VAE all on `device`; the
+    diffusers-torchao convention) per variant at the first resolution. A hub model with `latency.weights=random`
+    runs a random-weight pipeline of its architecture (the memory is the same; the images are noise)."""
+    lat = cfg.latency
+    if isinstance(resolve.model_spec(cfg), HubFluxSpec) and lat.weights == "random":
+        log.info("latency: whole-pipeline memory with random weights (T5-XXL, CLIP-L, VAE, transformer)")
+        with tempfile.TemporaryDirectory(prefix="flux158-tokenizers-") as tokenizers:
+            pipe = random_pipeline(arch, device, parse_dtype(lat.dtype), Path(tokenizers), seed=cfg.seed)
+    else:
+        pipe = resolve.pipeline(resolve.full_precision(cfg), device)
+    if not isinstance(pipe, FluxPipeline):
+        log.info("latency: whole-pipeline memory is measured for FluxPipeline models only; skipped")
+        return []
+    results, quantized = [], False
+    for variant in lat.variants:
+        quantized = _convert(pipe.transformer, variant, lat.method, quantized)
+        gc.collect()
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        resolution = lat.resolutions[0]
+        try:
+            pipe(lat.prompt, height=resolution, width=resolution, num_inference_steps=lat.steps,
+                 guidance_scale=cfg.sampler.guidance_scale, max_sequence_length=cfg.sampler.max_sequence_length,
+                 generator=torch.Generator().manual_seed(cfg.seed))
+            peak = _gib(torch.cuda.max_memory_allocated(device)) if cuda else None
+            results.append({"variant": variant, "resolution": resolution, "pipeline_peak_gib": peak, "error": None})
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            results.append({"variant": variant, "resolution": resolution, "pipeline_peak_gib": None, "error": "OOM"})
+        log.info("latency: whole pipeline %s %dpx: peak %s GiB", variant, resolution, results[-1]["pipeline_peak_gib"]
+                 if results[-1]["error"] is None else "OOM")
+    return results
+
+
+def _speedups(rows: list[dict]) -> None:
+    """Each row's speedup over BF16 at its resolution, and its peak memory over BF16's. The baseline is compiled BF16
+    without a CUDA graph where measured, else eager BF16 without one, else any BF16 row."""
+    for r in rows:
+        bf16 = [b for b in rows if b["variant"] == "bf16" and b["resolution"] == r["resolution"] and b["per_step_ms"]]
+        base = min(bf16, key=lambda b: (not b["compiled"], bool(b.get("cuda_graph"))), default=None)
+        if base and r["per_step_ms"]:
+            r["speedup_vs_bf16_compiled" if base["compiled"] else "speedup_vs_bf16_eager"] = round(
+                base["per_step_ms"] / r["per_step_ms"], 3)
+        if base and r["peak_gib"] and base["peak_gib"]:
+            r["memory_ratio_vs_bf16"] = round(base["peak_gib"] / r["peak_gib"], 2)
+
+
+def _kernel_table(device: torch.device) -> dict | None:
+    """Which measured tables `auto` reads on this GPU for eager and for compiled / graphed calls
+    (`flux158.kernels.backend_table`), for the record."""
+    if device.type != "cuda":
+        return None
+    from flux158.kernels.backend_table import table_for_device
+
+    tables = {kind: table_for_device(device.index or 0, kind == "graphed") for kind in ("eager", "graphed")}
+    return {kind: f"{t.gpu}, {t.timing}: {t.source}" if t else None for kind, t in tables.items()}
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+

@@ -1,0 +1,73 @@
+"""Stage `calibrate`: teacher trajectories of the full-precision pipeline over the calibration prompts.
+
+Writes sharded safetensors under `resolve.calibration_dir(cfg)` (shared by every method on the same model,
+sampler and calibration settings), resumable chunk by chunk and shardable like `generate`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import yaml
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from flux158.artifacts import atomic_write_text, is_done, mark_done
+from flux158.experiments import resolve, tracking
+from flux158.quant.calibration import SPLITS, CaptureSettings, chunk_path, estimate_bytes, num_chunks, write_calibration
+
+log = logging.getLogger(__name__)
+
+
+def settings(cfg: DictConfig) -> CaptureSettings:
+    c = cfg.calib
+    return CaptureSettings(c.states_per_prompt, c.chunk_size, c.batch_size, c.seed)
+
+
+def complete(directory: Path, prompts: dict[str, list[str]], capture: CaptureSettings) -> bool:
+    return all(chunk_path(directory, split, c).exists() for split in SPLITS
+               for c in range(num_chunks(len(prompts[split]), capture.chunk_size)))
+
+
+def run(cfg: DictConfig) -> Path | None:
+    """Capture this shard's chunks; returns the calibration directory (None when `quant` needs none)."""
+    config = resolve.quant_config(cfg)
+    if config is None:
+        log.info("calibrate: quant=%s is the unquantized model; nothing to calibrate", cfg.quant.name)
+        return None
+    if not config.needs_calibration and not cfg.calib.with_data_free:
+        log.info("calibrate: quant=%s is data-free and calib.with_data_free is off; skipped", cfg.quant.name)
+        return None
+    out, determining = resolve.calibration_artifact(cfg)
+    if is_done(out):
+        log.info("calibrate: complete in %s", out)
+        return out
+    prompts = resolve.calibration_prompts(cfg)
+    capture, sampler = settings(cfg), instantiate(cfg.sampler)
+    process_index, num_processes, device = resolve.process()
+    index, count = resolve.global_shard(cfg, process_index, num_processes)
+    pipe = resolve.pipeline(resolve.full_precision(cfg), device)
+    pipe.set_progress_bar_config(disable=True)
+    total = len(prompts["train"]) + len(prompts["heldout"])
+    need = estimate_bytes(pipe, prompts["train"][0], sampler, total, capture.states_per_prompt)
+    out.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out).free
+    log.info("calibrate: %s teacher on %s, %d train + %d held-out prompts x %d states (%d steps, %dx%d) -> %s; "
+             "needs ~%.2f GB on disk (%.1f GB free)", cfg.model.name, device, len(prompts["train"]),
+             len(prompts["heldout"]), capture.states_per_prompt, sampler.num_inference_steps, sampler.height,
+             sampler.width, out, need / 1e9, free / 1e9)
+    if need > free:
+        log.warning("calibrate: not enough free disk for all chunks (%.2f GB needed)", need / 1e9)
+    if not (out / "config.yaml").exists():
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
+    with tracking.track(cfg, "calibrate", resolve.shard_label(index, count)) as tracker:
+        written = {split: write_calibration(pipe, prompts[split], out, split, sampler, capture, index, count)
+                   for split in SPLITS}
+        tracker.summary({f"chunks_written_{k}": v for k, v in written.items()} | {"estimated_bytes": need})
+    resolve.wait_for_everyone()  # the next stage reads every rank's chunks
+    if complete(out, prompts, capture):
+        mark_done(out, {split: len(prompts[split]) for split in SPLITS})
+        log.info("calibrate: complete in %s", out)
+    return out

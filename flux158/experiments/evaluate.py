@@ -1,0 +1,164 @@
+"""Stage `evaluate`: score the generate stage's images with the benchmark's evaluator; write `metrics.json`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from flux158.artifacts import atomic_write, atomic_write_text, is_done
+from flux158.errors import Flux158Error
+from flux158.eval.errors import WeightsUnavailableError
+from flux158.eval.fidelity import ClipSimilarity, Perceptual, image_fidelity
+from flux158.eval.geneval.build import build_scorer, register_tiny_clip
+from flux158.eval.geneval.detector import DetectorUnavailableError
+from flux158.eval.geneval.folder import IncompleteFolderError
+from flux158.eval.geneval.rules import summarize
+from flux158.eval.toyworld.detector import ToyDetector
+from flux158.eval.toyworld.scoring import score_folder
+from flux158.experiments import generate, provenance, resolve, t2i_compbench_eval, tracking
+from flux158.toyworld.scenes import BACKGROUND, PALETTE
+
+log = logging.getLogger(__name__)
+
+DETERMINING_KEYS = [*generate.DETERMINING_KEYS, "benchmark.evaluator", "benchmark.threshold",
+                    "benchmark.counting_threshold", "benchmark.detector", "benchmark.detector_checkpoint",
+                    "benchmark.clip_model", "benchmark.clip_pretrained", "benchmark.evaluator_weights",
+                    "benchmark.official_checkout", "benchmark.bvqa_image_size", "benchmark.metrics",
+                    "benchmark.judge", "benchmark.judge_model", "benchmark.detector_model", "fidelity"]
+
+
+def _score(cfg: DictConfig, images: Path) -> tuple[list[dict], dict]:
+    """The rows of `results.jsonl` and a description of the evaluator's models."""
+    evaluator = cfg.benchmark.get("evaluator")
+    if evaluator == "toyworld":
+        detector = ToyDetector(PALETTE, BACKGROUND)
+        rows = score_folder(detector, images, cfg.benchmark.threshold, cfg.benchmark.counting_threshold)
+        return rows, {"evaluator": "toyworld (exact detector)"}
+    if evaluator == "geneval":
+        bench = cfg.benchmark
+        _, _, device = resolve.process()
+        log.info("evaluate: GenEval with the %s detector (%s weights) and open_clip %s/%s on %s", bench.detector,
+                 bench.evaluator_weights, bench.clip_model, bench.clip_pretrained, device)
+        try:
+            scorer = build_scorer(bench.detector, bench.evaluator_weights, str(device),
+                                  Path(bench.detector_checkpoint) if bench.get("detector_checkpoint") else None,
+                                  bench.clip_model, bench.clip_pretrained, Path(cfg.paths.cache_dir) / "eval")
+            scorer.threshold, scorer.counting_threshold = bench.threshold, bench.counting_threshold
+            rows = scorer.score_folder(images, [item.index for item in resolve.prompts(cfg)],
+                                       bench.samples_per_prompt)
+            return rows, {"evaluator": "geneval", **scorer.description}
+        except (DetectorUnavailableError, WeightsUnavailableError, IncompleteFolderError) as e:
+            raise Flux158Error(str(e)) from None
+    if evaluator == "t2i_compbench":
+        try:
+            return t2i_compbench_eval.score(cfg, images)
+        except (WeightsUnavailableError, IncompleteFolderError) as e:
+            raise Flux158Error(str(e)) from None
+    raise Flux158Error(f"benchmark {cfg.benchmark.name!r} has no evaluator (evaluator={evaluator})")
+
+
+def _summary(cfg: DictConfig, rows: list[dict]) -> dict[str, float]:
+    if cfg.benchmark.get("evaluator") == "t2i_compbench":
+        return t2i_compbench_eval.summarize(rows, list(cfg.benchmark.categories or []))
+    return summarize(rows)
+
+
+def _fidelity_models(cfg: DictConfig, device: str) -> tuple[Perceptual | None, ClipSimilarity | None, dict]:
+    """LPIPS and CLIP for fidelity, as configured; a model whose weights are unavailable is skipped with a
+    warning (and named in the result), so PSNR/SSIM are still reported."""
+    fid, skipped = cfg.fidelity, {}
+    random = fid.weights == "random"
+    lpips = clip = None
+    try:
+        lpips = Perceptual(fid.lpips, pretrained_backbone=not random, device=device) if fid.lpips else None
+    except WeightsUnavailableError as e:
+        skipped["lpips"] = str(e)
+    try:
+        if fid.clip_model and random:
+            clip = ClipSimilarity.from_open_clip(register_tiny_clip(), None, device)
+        elif fid.clip_model:
+            clip = ClipSimilarity.from_open_clip(fid.clip_model, fid.clip_pretrained, device,
+                                                 Path(cfg.paths.cache_dir) / "eval")
+    except WeightsUnavailableError as e:
+        skipped["clip"] = str(e)
+    for name, reason in skipped.items():
+        log.warning("evaluate: fidelity without %s: %s", name, reason)
+    return lpips, clip, skipped
+
+
+def _fidelity_to_bf16(cfg: DictConfig, images: Path, rows: list[dict]) -> dict | None:
+    """PSNR/SSIM, LPIPS and CLIP similarities against the BF16 model's images on the same seeds, when those exist
+    (run quant=bf16 first; a sweep lists it first)."""
+    if cfg.quant.name == "bf16":
+        return None
+    reference_cfg = cfg.copy()
+    reference_cfg.quant = OmegaConf.load(provenance.REPO / "configs" / "quant" / "bf16.yaml")
+    reference = generate.output_dir(reference_cfg)
+    if not is_done(reference):
+        log.warning("no complete BF16 images at %s: fidelity skipped (run quant=bf16 first)", reference)
+        return None
+    _, _, device = resolve.process()
+    lpips, clip, skipped = _fidelity_models(cfg, str(device))
+    prompts = {r["filename"]: r["prompt"] for r in rows if "filename" in r and "prompt" in r}
+    scores = image_fidelity(reference, images, "*/samples/*.png", lpips, clip, prompts)  # both layouts
+    return {**scores, "reference_dir": str(reference), **({"skipped": skipped} if skipped else {})}
+
+
+def _backfill_fidelity(cfg: DictConfig, images: Path, out: Path) -> None:
+    """Add the fidelity to BF16 to a finished evaluation that lacks it, once the BF16 images exist (in a parallel
+    sweep the quantized jobs may finish before the BF16 one)."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    if cfg.quant.name == "bf16" or "fidelity_to_bf16" in metrics:
+        return
+    rows = pd.read_json(out / "results.jsonl", lines=True).to_dict("records") if (
+        out / "results.jsonl").stat().st_size else []
+    fidelity = _fidelity_to_bf16(cfg, images, rows)
+    if fidelity is not None:
+        metrics["fidelity_to_bf16"] = fidelity
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        log.info("evaluate: added the fidelity to BF16 to %s (PSNR %.2f dB)", out / "metrics.json", fidelity["psnr"])
+
+
+def run(cfg: DictConfig) -> Path:
+    """Write `outputs/evaluate/<benchmark>/<model>-<quant>-<hash>/{metrics.json,results.jsonl}`."""
+    images = generate.output_dir(cfg)
+    if not is_done(images):
+        raise Flux158Error(f"the images in {images} are incomplete or missing: run the generate stage first "
+                           "(stages=[generate,evaluate], all shards)")
+    out, determining = resolve.artifact_dir(cfg, "evaluate", DETERMINING_KEYS)
+    if (out / "metrics.json").exists():
+        _backfill_fidelity(cfg, images, out)
+        log.info("evaluate: %s exists; nothing to do", out / "metrics.json")
+        return out
+    rows, evaluator = _score(cfg, images)
+    scores = _summary(cfg, rows)
+    fidelity = _fidelity_to_bf16(cfg, images, rows)
+    metrics = {
+        "model": cfg.model.name, "quant": cfg.quant.name, "benchmark": cfg.benchmark.name,
+        "config_hash": out.name.rsplit("-", 1)[-1], "images_dir": str(images), "num_images": len(rows),
+        **provenance.environment(), "metrics": scores,
+        "evaluator": evaluator,
+    }
+    if fidelity is not None:
+        metrics["fidelity_to_bf16"] = fidelity
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
+    atomic_write(out / "results.jsonl",
+                 lambda tmp: pd.DataFrame(rows).to_json(tmp, orient="records", lines=True))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # last: its presence means complete
+    log.info("evaluate: %s", ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    with tracking.track(cfg, "evaluate") as tracker:
+        tracker.summary(scores)
+        tracker.artifact(out / "metrics.json", f"metrics-{cfg.benchmark.name}-{cfg.model.name}-{cfg.quant.name}",
+                         "results", metrics)
+        sample = rows[:: max(1, len(rows) // cfg.logger.get("max_images", 16))][: cfg.logger.get("max_images", 16)]
+        verdict = ["score"] if "score" in (rows[0] if rows else {}) else ["correct", "reason"]
+        tracker.image_table("results", ["tag", "prompt", *verdict, "image"],
+                            [[r["tag"], r["prompt"], *(r[k] for k in verdict), images / r["filename"]]
+                             for r in sample], "image")
+    return out

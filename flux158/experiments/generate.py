@@ -1,0 +1,101 @@
+"""Stage `generate`: images for the configured benchmark in the official evaluator layout, sharded and resumable."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import yaml
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from flux158.artifacts import atomic_write_text, mark_done
+from flux158.errors import LayoutError
+from flux158.experiments import resolve, tracking
+from flux158.generation.images import expected_paths, generate_images
+from flux158.generation.layouts import make_layout
+from flux158.sharding import shard
+
+log = logging.getLogger(__name__)
+
+# Config sections that determine the images: the artifact directory is named by their hash.
+# Evaluator settings (benchmark.evaluator, thresholds) are left out: they do not change the images.
+DETERMINING_KEYS = ["model", "quant", "sampler", "seed", "batch_size", "benchmark.name", "benchmark.prompt_set",
+                    "benchmark.prompts", "benchmark.per_tag", "benchmark.prompt_seed", "benchmark.categories",
+                    "benchmark.limit_per_group", "benchmark.layout", "benchmark.samples_per_prompt"]
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    return resolve.artifact_dir(cfg, "generate", DETERMINING_KEYS)[0]
+
+
+def run(cfg: DictConfig) -> Path:
+    """Generate this shard's images; return the artifact directory (shared by all shards)."""
+    bench = cfg.benchmark
+    if not bench.get("layout"):
+        raise LayoutError(f"benchmark {bench.name!r} has no image layout: it is not meant for the generate stage")
+    out, determining = resolve.artifact_dir(cfg, "generate", DETERMINING_KEYS)
+    items = resolve.prompts(cfg)
+    process_index, num_processes, device = resolve.process()
+    index, count = resolve.global_shard(cfg, process_index, num_processes)
+    mine = shard(items, index, count)
+    layout = make_layout(bench.layout, out, bench.samples_per_prompt)
+    wanted = expected_paths(layout, mine, bench.samples_per_prompt)
+    log.info("generate: %s on %s, %d/%d prompts x %d samples (shard %d of %d) -> %s", cfg.model.name, device,
+             len(mine), len(items), bench.samples_per_prompt, index, count, out)
+    if all(p.exists() for p in wanted):
+        log.info("generate: all %d images of this shard exist; nothing to do", len(wanted))
+        _mark_if_complete(out, layout, items, bench.samples_per_prompt)
+        return out
+
+    sampler = instantiate(cfg.sampler)
+    if device.type == "cpu" and sampler.height * sampler.width >= 512 * 512:
+        log.warning("generating %dx%d images on the CPU: expect minutes to hours per image", sampler.height,
+                    sampler.width)
+    pipe = resolve.pipeline(cfg, device)  # fails fast, before any output folder exists
+    if cfg.get("compile"):
+        _compile(pipe.transformer, device)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "config.yaml").exists():
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
+
+    with tracking.track(cfg, "generate", resolve.shard_label(index, count)) as tracker:
+        report = generate_images(
+            pipe, mine, layout, samples_per_prompt=bench.samples_per_prompt, base_seed=cfg.seed,
+            sampler=sampler, batch_size=min(cfg.batch_size, bench.samples_per_prompt),
+            batched_modulation=bool(cfg.get("batched_modulation", False)),
+        )
+        stats = {"images_generated": report.generated, "images_skipped": report.skipped,
+                 "images_per_second": report.images_per_second, "seconds": report.seconds,
+                 "prompts": len(mine), "shard_index": index, "shard_count": count}
+        tracker.log(stats)
+        tracker.summary(stats)
+        rows = _sample_rows(layout, mine, bench.samples_per_prompt, cfg.logger.get("max_images", 16))
+        tracker.image_table("samples", ["group", "prompt_index", "sample", "prompt", "image"], rows, "image")
+    _mark_if_complete(out, layout, items, bench.samples_per_prompt)
+    return out
+
+
+def _compile(transformer, device) -> None:
+    """Regional `torch.compile` (each repeated block compiled once and reused), on CUDA only: CPU compilation needs
+    a C++ toolchain and buys little for the CPU-sized models."""
+    if device.type != "cuda":
+        log.warning("generate: compile=true compiles on CUDA only; this %s run stays eager", device.type)
+        return
+    transformer.compile_repeated_blocks(fullgraph=True)
+    log.info("generate: compiled the transformer's repeated blocks (the first batch includes the compile time)")
+
+
+def _sample_rows(layout, items, samples_per_prompt: int, limit: int) -> list[list]:
+    """A bounded, deterministic, evenly spread sample of this shard's images for the W&B table."""
+    pairs = [(item, k) for item in items for k in range(samples_per_prompt)]
+    step = max(1, len(pairs) // max(limit, 1))
+    return [[item.group, item.index, k, item.prompt, layout.image_path(item, k)] for item, k in pairs[::step][:limit]]
+
+
+def _mark_if_complete(out: Path, layout, items, samples_per_prompt: int) -> None:
+    """Write `.done` once every shard's images are on disk (whichever shard finishes last does it)."""
+    paths = expected_paths(layout, items, samples_per_prompt)
+    if all(p.exists() for p in paths):
+        mark_done(out, {"images": len(paths), "prompts": len(items)})
+        log.info("generate: complete, %d images in %s", len(paths), out)

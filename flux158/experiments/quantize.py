@@ -1,0 +1,176 @@
+"""Stage `quantize`: apply `cfg.quant` to the full-precision transformer, save the checkpoint, measure it.
+
+Writes `<quantize_dir>/transformer/` (a `save_quantized` checkpoint, which `generate` then loads) and
+`metrics.json`: per-layer weight SQNR and zero fraction, the transformer-output error against the teacher on the
+held-out calibration states, bytes in BF16 / 2bit / trit5 (with scales and any low-rank factors), and wall time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import yaml
+from omegaconf import DictConfig
+
+from flux158.artifacts import atomic_write_text, is_done, mark_done
+from flux158.experiments import provenance, resolve, tracking
+from flux158.models import HubFluxSpec
+from flux158.models.hub import meta_flux_transformer, transformer_folder
+from flux158.quant import QuantizationReport, TernaryConfig, load_quantized, quantize_, save_quantized
+from flux158.quant.calibration import CalibrationError, CalibrationSet
+from flux158.quant.metrics import velocity_error
+from flux158.quant.storage import storage_report
+from flux158.quant.streaming import quantize_checkpoint_streaming
+
+log = logging.getLogger(__name__)
+
+
+def _calibration(cfg: DictConfig, needed: bool) -> tuple[CalibrationSet | None, CalibrationSet | None]:
+    """(train, heldout) calibration sets; None where absent and not needed."""
+    directory = resolve.calibration_dir(cfg)
+    if not is_done(directory):
+        if needed:
+            raise CalibrationError(f"quant={cfg.quant.name} needs complete calibration data in {directory}: run the "
+                                   "calibrate stage first (all shards)")
+        log.info("quantize: no calibration data in %s; the output error will not be measured", directory)
+        return None, None
+    return CalibrationSet.load(directory, "train"), CalibrationSet.load(directory, "heldout")
+
+
+def run(cfg: DictConfig) -> Path | None:
+    """Quantize once (on the main process); returns the quantize directory (None for the unquantized model)."""
+    from accelerate import PartialState
+
+    config = resolve.quant_config(cfg)
+    if config is None:
+        log.info("quantize: quant=%s is the unquantized model; nothing to quantize", cfg.quant.name)
+        return None
+    out = resolve.quantize_dir(cfg)
+    state = PartialState(cpu=cfg.get("device", "auto") == "cpu")
+    if config.method == "distill" and state.num_processes > 1 and not is_done(out):
+        log.info("quantize: distill data-parallel over %d processes", state.num_processes)
+        _quantize(cfg, config, out)
+        state.wait_for_everyone()
+        return out
+    with state.main_process_first():  # the other processes then find it done
+        if is_done(out):
+            log.info("quantize: checkpoint exists in %s", out)
+            return out
+        return _quantize(cfg, config, out)
+
+
+def _quantize(cfg: DictConfig, config: TernaryConfig, out: Path) -> Path:
+    """Quantize and measure; the non-main ranks of data-parallel distillation only compute."""
+    _, _, device = resolve.process()
+    train, heldout = _calibration(cfg, config.needs_calibration)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(resolve.quantize_artifact(cfg)[1], sort_keys=False),
+                      shared=True)
+    log.info("quantize: %s with %s (%s) on %s%s -> %s", cfg.model.name, config.method, config.granularity, device,
+             f", {len(train)} calibration rows" if config.needs_calibration else "", out)
+    if isinstance(resolve.model_spec(cfg), HubFluxSpec) and not config.needs_calibration:
+        transformer, report, storage, seconds = _streamed(cfg, config, out, device, heldout is not None)
+    else:
+        transformer, report, storage, seconds = _in_memory(cfg, config, out, device, train)
+        if not resolve.is_main_process():
+            return out
+    _record(cfg, config, out, transformer, report, storage, seconds, heldout, device)
+    return out
+
+
+def _streamed(cfg: DictConfig, config: TernaryConfig, out: Path, device: torch.device, reload: bool):
+    """FLUX.1-dev and other hub models: quantize the sharded BF16 weights tensor by tensor (no 24 GB in RAM)."""
+    spec = resolve.model_spec(cfg)
+    source = transformer_folder(spec)
+    arch = json.loads((source / "config.json").read_text())
+    storage = storage_report(meta_flux_transformer(arch), per_channel_scales=config.per_channel,
+                             lowrank_rank=config.lowrank_rank)
+    checkpoint = out / resolve.QUANTIZED_SUBDIR
+    start = time.perf_counter()
+    stats = quantize_checkpoint_streaming(source, checkpoint, config, spec.pretrained, spec.revision)
+    seconds = time.perf_counter() - start
+    report = QuantizationReport(quantized=sorted(stats), quantized_params=sum(s.params for s in stats.values()),
+                                total_params=storage.total_params, layers=stats)
+    return (load_quantized(checkpoint, device) if reload else None), report, storage, seconds
+
+
+def _in_memory(cfg: DictConfig, config: TernaryConfig, out: Path, device: torch.device,
+               train: CalibrationSet | None):
+    """Load the full-precision transformer, quantize it in place (block-wise methods resume from `out/blocks`)."""
+    spec = resolve.model_spec(cfg)
+    transformer = resolve.pipeline(resolve.full_precision(cfg), device).transformer
+    storage = storage_report(transformer, per_channel_scales=config.per_channel, lowrank_rank=config.lowrank_rank)
+    start = time.perf_counter()
+    report = quantize_(transformer, config, train, device=device, batch_size=cfg.quant.get("batch_size", 8),
+                       checkpoint_dir=out / "blocks", progress=True)
+    seconds = time.perf_counter() - start
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        _check_ranks_agree(transformer)
+    if resolve.is_main_process():
+        save_quantized(transformer, out / resolve.QUANTIZED_SUBDIR, config,
+                       base_model=getattr(spec, "pretrained", None), revision=getattr(spec, "revision", None))
+        shutil.rmtree(out / "blocks", ignore_errors=True)  # resume state, superseded by the checkpoint
+    return transformer, report, storage, seconds
+
+
+def _record(cfg: DictConfig, config: TernaryConfig, out: Path, transformer, report: QuantizationReport, storage,
+            seconds: float, heldout: CalibrationSet | None, device: torch.device) -> None:
+    """metrics.json, the W&B run and the completion marker."""
+    error = (velocity_error(transformer, heldout, cfg.quant.get("batch_size", 8), device)
+             if heldout is not None and transformer is not None else None)
+    summary = {
+        "layers_quantized": len(report.quantized), "quantized_params": report.quantized_params,
+        "total_params": report.total_params, "quantized_share": report.share,
+        "weight_sqnr_db_mean": report.mean_sqnr_db(), "zero_fraction": report.zero_fraction(),
+        "bytes_bf16": storage.bf16_bytes, "bytes_2bit": storage.packed_bytes["2bit"],
+        "bytes_trit5": storage.packed_bytes["trit5"], "ratio_2bit": storage.ratio("2bit"),
+        "ratio_trit5": storage.ratio("trit5"), "seconds": seconds,
+        **({f"output_{k}": v for k, v in error.items()} if error else {}),
+    }
+    if report.e2e_losses:
+        summary["e2e_loss_first"], summary["e2e_loss_last"] = report.e2e_losses[0], report.e2e_losses[-1]
+    metrics = {"model": cfg.model.name, "quant": cfg.quant.name, "method": config.method,
+               "config": _json_safe(asdict(config)), **provenance.environment(), "metrics": summary,
+               "layers": {n: _json_safe(s.as_dict()) for n, s in report.layers.items()},
+               "distill_blocks": report.distill_blocks}
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    with tracking.track(cfg, "quantize") as tracker:
+        tracker.summary(summary)
+        tracker.table("layers", ["layer", "params", "sqnr_db", "zero_fraction"],
+                      [[n, s.params, s.sqnr_db, s.zero_fraction] for n, s in report.layers.items()])
+        for step, loss in enumerate(report.e2e_losses):
+            tracker.log({"e2e_loss": loss}, step=step)
+        tracker.artifact(out / "metrics.json", f"quantize-{cfg.model.name}-{cfg.quant.name}", "results")
+    mark_done(out, {"seconds": seconds, "layers": len(report.quantized)})
+    log.info("quantize: %d layers in %.1f s; weight SQNR %.2f dB, zeros %.1f%%%s; 2bit %.2fx", len(report.quantized),
+             seconds, report.mean_sqnr_db(), 100 * report.zero_fraction(),
+             f"; held-out output rel. MSE {error['rel_mse']:.4g}" if error else "", storage.ratio("2bit"))
+
+
+def _check_ranks_agree(transformer: torch.nn.Module) -> None:
+    """Data-parallel distillation must leave every rank with the same weights; fail loudly if not."""
+    digest = hashlib.sha256()
+    for tensor in transformer.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    digests: list[str | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(digests, digest.hexdigest())
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"data-parallel ranks diverged: weight digests {digests}")
+    log.info("quantize: %d ranks hold identical weights (sha256 %s)", len(digests), digests[0][:16])
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+

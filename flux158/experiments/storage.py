@@ -1,0 +1,53 @@
+"""Stage `storage`: parameter counts and bytes of the model in BF16, `2bit` and `trit5` (paper Fig. 2, storage).
+
+FLUX.1-dev/schnell are built on the meta device from their known architecture, so no weights are needed. The last
+line logged is `storage: bf16=<GB>GB 2bit=<GB>GB ratio=<x>x trit5=<GB>GB ratio=<x>x`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from flux158.artifacts import atomic_write_text
+from flux158.experiments import provenance, resolve, tracking
+from flux158.models import HubFluxSpec
+from flux158.models.hub import FLUX1_DEV_TRANSFORMER_CONFIG, meta_flux_transformer
+from flux158.quant.storage import storage_report
+
+log = logging.getLogger(__name__)
+
+
+def _transformer(cfg: DictConfig) -> torch.nn.Module:
+    if isinstance(resolve.model_spec(cfg), HubFluxSpec):
+        arch = {**FLUX1_DEV_TRANSFORMER_CONFIG, "guidance_embeds": cfg.model.get("guidance_embeds", True)}
+        return meta_flux_transformer(arch)
+    return resolve.pipeline(resolve.full_precision(cfg), torch.device("cpu")).transformer
+
+
+def run(cfg: DictConfig) -> Path:
+    quant = cfg.quant.get("config")
+    config = instantiate(quant) if quant is not None else None
+    per_channel = config.per_channel if config is not None else False
+    rank = config.lowrank_rank if config is not None else 0
+    report = storage_report(_transformer(cfg), per_channel_scales=per_channel, lowrank_rank=rank)
+    out = Path(cfg.paths.output_dir) / "storage" / f"{cfg.model.name}-{cfg.quant.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {"model": cfg.model.name, "quant": cfg.quant.name, "benchmark": "storage", **provenance.environment(),
+               "metrics": {**asdict(report), "quantized_share": report.quantized_share,
+                           "ratio_2bit": report.ratio("2bit"), "ratio_trit5": report.ratio("trit5"),
+                           "scales": "per_channel" if per_channel else "per_tensor", "lowrank_rank": rank}}
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    with tracking.track(cfg, "storage") as tracker:
+        tracker.summary(metrics["metrics"])
+        tracker.artifact(out / "metrics.json", f"storage-{cfg.model.name}-{cfg.quant.name}", "results")
+    log.info("params: total %d, quantized %d (%.2f%%), %s scales", report.total_params, report.quantized_params,
+             100 * report.quantized_share, metrics["metrics"]["scales"])
+    log.info("%s", report.summary_line())
+    return out
