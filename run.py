@@ -11,10 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from flux158.errors import Flux158Error
 from flux158.experiments import (
-    benchmark,
     calibrate,
     evaluate,
     generate,
+    latency,
     provenance,
     quantize,
     storage,
@@ -25,7 +25,7 @@ from flux158.experiments import (
 log = logging.getLogger("flux158")
 
 STAGES = {"calibrate": calibrate.run, "quantize": quantize.run, "generate": generate.run, "evaluate": evaluate.run,
-          "train_toyworld": toyworld_train.run, "storage": storage.run, "latency": benchmark.run, "tables": tables.run}
+          "train_toyworld": toyworld_train.run, "storage": storage.run, "latency": latency.run, "tables": tables.run}
 
 
 def _describe_run(cfg: DictConfig) -> None:

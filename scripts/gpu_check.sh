@@ -32,7 +32,7 @@ if [[ $PART == lease ]]; then  # does `auto` (with a table of today's backends) 
     'latency.variants=[bf16,w2a16,w2a16_fused,w158a8_fp8,w158a8_fp8_fused]' 'latency.compile=[false]' \
     'latency.resolutions=[1024]' latency.steps=20 latency.pipeline_memory=false 2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/latency_eager.log"
-  cp outputs/latency/flux-dev-cuda/metrics.json "$OUT/latency_eager.json" 2>/dev/null
+  cp "$(ls -td outputs/latency/*/ | head -1)metrics.json" "$OUT/latency_eager.json" 2>/dev/null
 fi
 if [[ $PART == kernels || $PART == all ]]; then
   timeout "${T_TESTS:-240}" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -m "gpu or not gpu" \
@@ -48,14 +48,14 @@ if [[ $PART == latency_eager || $PART == all ]]; then
     'latency.compile=[false]' latency.pipeline_memory=false \
     2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/latency_eager.log"
-  cp outputs/latency/flux-dev-cuda/metrics.json "$OUT/latency_eager.json" 2>/dev/null
+  cp "$(ls -td outputs/latency/*/ | head -1)metrics.json" "$OUT/latency_eager.json" 2>/dev/null
 fi
 if [[ $PART == latency_compiled || $PART == all ]]; then
   timeout "${T_LATC:-300}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-compiled \
     "latency.variants=${VARIANTS:-[bf16,w2a16,w2a16_fused,w158a8_fp8,w158a8_fp8_fused]}" 'latency.compile=[true]' \
     "latency.resolutions=${RES:-[1024]}" latency.pipeline_memory=false 2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/latency_compiled.log"
-  cp outputs/latency/flux-dev-cuda/metrics.json "$OUT/latency_compiled.json" 2>/dev/null
+  cp "$(ls -td outputs/latency/*/ | head -1)metrics.json" "$OUT/latency_compiled.json" 2>/dev/null
 fi
 if [[ $PART == graphs ]]; then  # kernels replayed from CUDA graphs (the graph-timed backend table), host/device split
   timeout "${T_GRAPH_BENCH:-240}" python3 -m flux158.kernels.bench --cuda-graph --rotate 32 --rep-ms 30 \
@@ -71,11 +71,11 @@ if [[ $PART == graph_latency ]]; then  # eager steps with and without a CUDA gra
     'latency.variants=[bf16,w2a16,w158a8_int8]' 'latency.compile=[false]' 'latency.cuda_graph=[false,true]' \
     'latency.resolutions=[1024]' latency.pipeline_memory=false "latency.batched_modulation=${BATCHED:-false}" 2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/latency_graph.log"
-  cp outputs/latency/flux-dev-cuda/metrics.json "$OUT/latency_graph.json" 2>/dev/null
+  cp "$(ls -td outputs/latency/*/ | head -1)metrics.json" "$OUT/latency_graph.json" 2>/dev/null
 fi
 if [[ $PART == pipeline_memory ]]; then  # whole-pipeline peak (random-weight T5-XXL, CLIP-L, VAE, transformer)
   timeout "${T_PIPE:-300}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-pipe \
     'latency.variants=[bf16,w2a16,w158a8_int8]' 'latency.compile=[false]' 'latency.resolutions=[1024]' \
     latency.steps=5 latency.warmup=1 2>&1 | grep -E "latency|Error|error" | tee "$OUT/pipeline_memory.log"
-  cp outputs/latency/flux-dev-cuda/metrics.json "$OUT/pipeline_memory.json" 2>/dev/null
+  cp "$(ls -td outputs/latency/*/ | head -1)metrics.json" "$OUT/pipeline_memory.json" 2>/dev/null
 fi

@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 
 from conftest import REPO, run_cli
-from flux158.experiments import resolve
+from flux158.experiments import pipeline, resolve
 from flux158.generation.images import SamplerSettings
 from flux158.models import HubFluxSpec, TinyFluxSpec, ToyWorldSource
 
@@ -93,6 +93,6 @@ def test_quantized_pipeline_has_ternary_block_linears(compose):
 
     from flux158.quant import TernaryLinear, block_linear_names
 
-    pipe = resolve.pipeline(compose("experiment=smoke", "quant=twn"), torch.device("cpu"))
+    pipe = pipeline.load(compose("experiment=smoke", "quant=twn"), torch.device("cpu"))
     ternary = [n for n, m in pipe.transformer.named_modules() if isinstance(m, TernaryLinear)]
     assert len(ternary) == 2 * 14 + 2 * 6 and block_linear_names(pipe.transformer) == []

@@ -94,7 +94,7 @@ def test_comparison_grid_puts_each_variant_in_its_column(tmp_path):
 def test_evaluate_reports_fidelity_to_the_bf16_images_of_the_same_seeds(compose):
     import json
 
-    from flux158.experiments import calibrate, evaluate, generate, quantize
+    from flux158.experiments import artifact_dirs, calibrate, evaluate, generate, quantize
 
     common = ("experiment=geneval", "model=tiny", "logger=none", "benchmark.limit_per_group=1",
               "benchmark.samples_per_prompt=2")
@@ -107,6 +107,6 @@ def test_evaluate_reports_fidelity_to_the_bf16_images_of_the_same_seeds(compose)
     assert "fidelity_to_bf16" not in json.loads((evaluate.run(bf16) / "metrics.json").read_text())
     # ... and a rerun adds it without rescoring
     fidelity = json.loads((evaluate.run(ternary) / "metrics.json").read_text())["fidelity_to_bf16"]
-    assert fidelity["images"] == 2 and fidelity["reference_dir"] == str(generate.output_dir(bf16))
+    assert fidelity["images"] == 2 and fidelity["reference_dir"] == str(artifact_dirs.stage_dir(bf16, "generate"))
     assert {"psnr", "ssim", "lpips", "clip_image", "clip_text", "clip_text_reference"} <= set(fidelity)
     assert 0 < fidelity["ssim"] < 1 and fidelity["lpips"] > 0  # random tiny models: a real, imperfect match

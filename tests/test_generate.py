@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from flux158.errors import LayoutError
-from flux158.experiments import generate
+from flux158.experiments import artifact_dirs, generate
 
 TINY = ["experiment=smoke", "logger=none"]
 TINY_MODEL = ["model=tiny", "sampler=tiny", "logger=none"]  # with a paper experiment's prompts
@@ -78,15 +78,15 @@ def test_finished_set_is_skipped_without_loading_the_model(compose, monkeypatch)
     def no_model(*_a, **_k):
         raise AssertionError("the model must not load when every image exists")
 
-    monkeypatch.setattr(generate.resolve, "pipeline", no_model)
+    monkeypatch.setattr(generate.pipeline, "load", no_model)
     assert (generate.run(cfg) / ".done").exists()
 
 
 def test_artifact_dir_is_keyed_by_what_determines_the_images(compose):
-    a = generate.output_dir(compose(*TINY))
-    assert generate.output_dir(compose(*TINY, "model.spec.seed=1")) != a
-    assert generate.output_dir(compose(*TINY, "sampler.num_inference_steps=2")) != a
-    assert generate.output_dir(compose(*TINY, "experiment_name=other", "logger=wandb")) == a
+    a = artifact_dirs.stage_dir(compose(*TINY), "generate")
+    assert artifact_dirs.stage_dir(compose(*TINY, "model.spec.seed=1"), "generate") != a
+    assert artifact_dirs.stage_dir(compose(*TINY, "sampler.num_inference_steps=2"), "generate") != a
+    assert artifact_dirs.stage_dir(compose(*TINY, "experiment_name=other", "logger=wandb"), "generate") == a
 
 
 def test_every_image_gets_its_own_model_independent_seed(tmp_path):

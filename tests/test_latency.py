@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from flux158.errors import Flux158Error
-from flux158.experiments import benchmark
+from flux158.experiments import artifact_dirs
+from flux158.experiments import latency as latency_stage
 from flux158.kernels.bench.methods import METHODS, Problem, build
 from flux158.latency import GraphedStep, StepSettings, random_transformer, time_steps, transformer_inputs
 from flux158.modulation import modulation_tables
@@ -38,7 +39,7 @@ def test_speedups_prefer_compiled_bf16_at_the_same_resolution():
             {"variant": "w2a16", "compiled": False, "resolution": 1024, "per_step_ms": 50.0, "peak_gib": None},
             {"variant": "w2a16", "compiled": False, "resolution": 512, "per_step_ms": None, "peak_gib": None,
              "error": "OOM"}]
-    benchmark._speedups(rows)
+    latency_stage._speedups(rows)
     assert rows[2]["speedup_vs_bf16_compiled"] == 1.5 and rows[2]["memory_ratio_vs_bf16"] == 5.0
     assert "speedup_vs_bf16_compiled" not in rows[3]  # no BF16 at 1024: nothing to compare with
     assert "speedup_vs_bf16_compiled" not in rows[4]  # OOM stays OOM
@@ -48,7 +49,7 @@ def test_speedups_prefer_compiled_bf16_at_the_same_resolution():
                 "peak_gib": 20.0},
                {"variant": "w2a16", "compiled": False, "cuda_graph": True, "resolution": 512, "per_step_ms": 20.0,
                 "peak_gib": 4.0}]
-    benchmark._speedups(graphed)  # the baseline stays compiled BF16 without a graph, listed first or not
+    latency_stage._speedups(graphed)  # the baseline stays compiled BF16 without a graph, listed first or not
     assert graphed[2]["speedup_vs_bf16_compiled"] == 1.5 and graphed[0]["speedup_vs_bf16_compiled"] == 3.0
 
 
@@ -89,7 +90,7 @@ def test_latency_smoke_run_on_cpu(compose, tmp_path):
     cfg = compose("experiment=latency", "model=tiny", "logger=none", "latency.steps=2", "latency.warmup=1",
                   "latency.batched_modulation=true", "latency.pipeline_memory=true",
                   "latency.resolutions=[32]", "latency.text_tokens=8")
-    out = benchmark.run(cfg)
+    out = latency_stage.run(cfg)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["smoke"] is True and metrics["settings"]["device"] == "cpu"
     rows = metrics["metrics"]["rows"]
@@ -135,20 +136,22 @@ def test_host_time_counts_the_issuing_cost_per_call():
 
 
 def test_a_failing_setting_keeps_the_others_and_fails_the_run(compose, monkeypatch):
-    real = benchmark.time_steps
+    real = latency_stage.time_steps
 
     def flaky(model, inputs, settings, **options):
         if any(getattr(getattr(m, "config", None), "act_bits", 16) == 8 for m in model.modules()):
             raise RuntimeError("kernel exploded")
         return real(model, inputs, settings, **options)
 
-    monkeypatch.setattr(benchmark, "time_steps", flaky)
+    monkeypatch.setattr(latency_stage, "time_steps", flaky)
     cfg = compose("experiment=latency", "model=tiny", "logger=none", "latency.steps=2", "latency.warmup=1",
                   "latency.resolutions=[32]", "latency.text_tokens=8", "latency.pipeline_memory=false")
     with pytest.raises(Flux158Error, match="1 setting.*w158a8_int8.*kernel exploded"):
-        benchmark.run(cfg)
-    out = Path(cfg.paths.output_dir) / "latency" / "tiny-cpu" / "metrics.json"
-    rows = json.loads(out.read_text())["metrics"]["rows"]
+        latency_stage.run(cfg)
+    out = artifact_dirs.stage_dir(cfg, "latency")
+    assert out.parent == Path(cfg.paths.output_dir) / "latency" and out.name.startswith("tiny-cpu-")
+    assert not (out / ".done").exists()  # a failed setting leaves the measurement unfinished: a rerun measures again
+    rows = json.loads((out / "metrics.json").read_text())["metrics"]["rows"]
     assert [(r["variant"], r["error"]) for r in rows] == [
         ("bf16", None), ("w2a16", None), ("w158a8_int8", "RuntimeError: kernel exploded")]
     assert rows[1]["per_step_ms"] > 0

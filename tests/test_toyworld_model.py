@@ -13,7 +13,7 @@ from diffusers.models.transformers.transformer_flux import FluxSingleTransformer
 from flux158.data.prompts import geneval_prompts_from_records
 from flux158.eval.toyworld.detector import ToyDetector
 from flux158.eval.toyworld.scoring import score_folder
-from flux158.experiments import evaluate, generate
+from flux158.experiments import artifact_dirs, evaluate, generate
 from flux158.generation.images import SamplerSettings, generate_images
 from flux158.generation.layouts import GenEvalLayout
 from flux158.models import ToyWorldSource, load_pipeline
@@ -118,9 +118,9 @@ def test_retrained_weights_get_new_artifact_dirs(compose, tmp_path):
 
     copy = tmp_path / "weights"
     shutil.copytree(ToyWorldSource().resolve(), copy)
-    same = generate.output_dir(compose("logger=none", f"model.pretrained={copy}"))
+    same = artifact_dirs.stage_dir(compose("logger=none", f"model.pretrained={copy}"), "generate")
     st = next((copy / "transformer").glob("*.safetensors"))
     data = bytearray(st.read_bytes())
     data[-1] ^= 1
     st.write_bytes(bytes(data))
-    assert generate.output_dir(compose("logger=none", f"model.pretrained={copy}")) != same
+    assert artifact_dirs.stage_dir(compose("logger=none", f"model.pretrained={copy}"), "generate") != same

@@ -1,6 +1,6 @@
 """Stage `calibrate`: teacher trajectories of the full-precision pipeline over the calibration prompts.
 
-Writes sharded safetensors under `resolve.calibration_dir(cfg)` (shared by every method on the same model,
+Writes sharded safetensors under `artifact_dirs.calibration_artifact(cfg)` (shared by every method on the same model,
 sampler and calibration settings), resumable chunk by chunk and shardable like `generate`.
 """
 
@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from flux158.artifacts import atomic_write_text, is_done, mark_done
-from flux158.experiments import resolve, tracking
+from flux158.experiments import artifact_dirs, pipeline, resolve, tracking
 from flux158.quant.calibration import SPLITS, CaptureSettings, chunk_path, estimate_bytes, num_chunks, write_calibration
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def run(cfg: DictConfig) -> Path | None:
     if not config.needs_calibration and not cfg.calib.with_data_free:
         log.info("calibrate: quant=%s is data-free and calib.with_data_free is off; skipped", cfg.quant.name)
         return None
-    out, determining = resolve.calibration_artifact(cfg)
+    out, determining = artifact_dirs.calibration_artifact(cfg)
     if is_done(out):
         log.info("calibrate: complete in %s", out)
         return out
@@ -48,7 +48,7 @@ def run(cfg: DictConfig) -> Path | None:
     capture, sampler = settings(cfg), instantiate(cfg.sampler)
     process_index, num_processes, device = resolve.process()
     index, count = resolve.global_shard(cfg, process_index, num_processes)
-    pipe = resolve.pipeline(resolve.full_precision(cfg), device)
+    pipe = pipeline.load(resolve.full_precision(cfg), device)
     pipe.set_progress_bar_config(disable=True)
     total = len(prompts["train"]) + len(prompts["heldout"])
     need = estimate_bytes(pipe, prompts["train"][0], sampler, total, capture.states_per_prompt)

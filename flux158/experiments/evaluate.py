@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from flux158.artifacts import atomic_write, atomic_write_text, is_done
 from flux158.errors import Flux158Error
@@ -20,17 +20,10 @@ from flux158.eval.geneval.folder import IncompleteFolderError
 from flux158.eval.geneval.rules import summarize
 from flux158.eval.toyworld.detector import ToyDetector
 from flux158.eval.toyworld.scoring import score_folder
-from flux158.experiments import generate, provenance, resolve, t2i_compbench_eval, tracking
+from flux158.experiments import artifact_dirs, provenance, resolve, t2i_compbench_eval, tracking
 from flux158.toyworld.scenes import BACKGROUND, PALETTE
 
 log = logging.getLogger(__name__)
-
-DETERMINING_KEYS = [*generate.DETERMINING_KEYS, "benchmark.evaluator", "benchmark.threshold",
-                    "benchmark.counting_threshold", "benchmark.detector", "benchmark.detector_checkpoint",
-                    "benchmark.clip_model", "benchmark.clip_pretrained", "benchmark.evaluator_weights",
-                    "benchmark.official_checkout", "benchmark.bvqa_image_size", "benchmark.metrics",
-                    "benchmark.judge", "benchmark.judge_model", "benchmark.detector_model", "fidelity"]
-
 
 def _score(cfg: DictConfig, images: Path) -> tuple[list[dict], dict]:
     """The rows of `results.jsonl` and a description of the evaluator's models."""
@@ -96,9 +89,7 @@ def _fidelity_to_bf16(cfg: DictConfig, images: Path, rows: list[dict]) -> dict |
     (run quant=bf16 first; a sweep lists it first)."""
     if cfg.quant.name == "bf16":
         return None
-    reference_cfg = cfg.copy()
-    reference_cfg.quant = OmegaConf.load(provenance.REPO / "configs" / "quant" / "bf16.yaml")
-    reference = generate.output_dir(reference_cfg)
+    reference = artifact_dirs.generate_artifact(artifact_dirs.unquantized(cfg))[0]
     if not is_done(reference):
         log.warning("no complete BF16 images at %s: fidelity skipped (run quant=bf16 first)", reference)
         return None
@@ -126,11 +117,11 @@ def _backfill_fidelity(cfg: DictConfig, images: Path, out: Path) -> None:
 
 def run(cfg: DictConfig) -> Path:
     """Write `outputs/evaluate/<benchmark>/<model>-<quant>-<hash>/{metrics.json,results.jsonl}`."""
-    images = generate.output_dir(cfg)
+    images = artifact_dirs.generate_artifact(cfg)[0]
     if not is_done(images):
         raise Flux158Error(f"the images in {images} are incomplete or missing: run the generate stage first "
                            "(stages=[generate,evaluate], all shards)")
-    out, determining = resolve.artifact_dir(cfg, "evaluate", DETERMINING_KEYS)
+    out, determining = artifact_dirs.evaluate_artifact(cfg)
     if (out / "metrics.json").exists():
         _backfill_fidelity(cfg, images, out)
         log.info("evaluate: %s exists; nothing to do", out / "metrics.json")

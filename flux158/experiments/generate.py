@@ -11,22 +11,12 @@ from omegaconf import DictConfig
 
 from flux158.artifacts import atomic_write_text, mark_done
 from flux158.errors import LayoutError
-from flux158.experiments import resolve, tracking
+from flux158.experiments import artifact_dirs, pipeline, resolve, tracking
 from flux158.generation.images import expected_paths, generate_images
 from flux158.generation.layouts import make_layout
 from flux158.sharding import shard
 
 log = logging.getLogger(__name__)
-
-# Config sections that determine the images: the artifact directory is named by their hash.
-# Evaluator settings (benchmark.evaluator, thresholds) are left out: they do not change the images.
-DETERMINING_KEYS = ["model", "quant", "sampler", "seed", "batch_size", "benchmark.name", "benchmark.prompt_set",
-                    "benchmark.prompts", "benchmark.per_tag", "benchmark.prompt_seed", "benchmark.categories",
-                    "benchmark.limit_per_group", "benchmark.layout", "benchmark.samples_per_prompt"]
-
-
-def output_dir(cfg: DictConfig) -> Path:
-    return resolve.artifact_dir(cfg, "generate", DETERMINING_KEYS)[0]
 
 
 def run(cfg: DictConfig) -> Path:
@@ -34,7 +24,7 @@ def run(cfg: DictConfig) -> Path:
     bench = cfg.benchmark
     if not bench.get("layout"):
         raise LayoutError(f"benchmark {bench.name!r} has no image layout: it is not meant for the generate stage")
-    out, determining = resolve.artifact_dir(cfg, "generate", DETERMINING_KEYS)
+    out, determining = artifact_dirs.generate_artifact(cfg)
     items = resolve.prompts(cfg)
     process_index, num_processes, device = resolve.process()
     index, count = resolve.global_shard(cfg, process_index, num_processes)
@@ -52,7 +42,7 @@ def run(cfg: DictConfig) -> Path:
     if device.type == "cpu" and sampler.height * sampler.width >= 512 * 512:
         log.warning("generating %dx%d images on the CPU: expect minutes to hours per image", sampler.height,
                     sampler.width)
-    pipe = resolve.pipeline(cfg, device)  # fails fast, before any output folder exists
+    pipe = pipeline.load(cfg, device)  # fails fast, before any output folder exists
     if cfg.get("compile"):
         _compile(pipe.transformer, device)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import yaml
 from omegaconf import DictConfig
 
 from flux158.artifacts import atomic_write_text, is_done, mark_done
-from flux158.experiments import provenance, resolve, tracking
+from flux158.experiments import artifact_dirs, pipeline, provenance, resolve, tracking
 from flux158.models import HubFluxSpec
 from flux158.models.hub import meta_flux_transformer, transformer_folder
 from flux158.quant import QuantizationReport, TernaryConfig, load_quantized, quantize_, save_quantized
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 def _calibration(cfg: DictConfig, needed: bool) -> tuple[CalibrationSet | None, CalibrationSet | None]:
     """(train, heldout) calibration sets; None where absent and not needed."""
-    directory = resolve.calibration_dir(cfg)
+    directory = artifact_dirs.calibration_artifact(cfg)[0]
     if not is_done(directory):
         if needed:
             raise CalibrationError(f"quant={cfg.quant.name} needs complete calibration data in {directory}: run the "
@@ -53,7 +53,7 @@ def run(cfg: DictConfig) -> Path | None:
     if config is None:
         log.info("quantize: quant=%s is the unquantized model; nothing to quantize", cfg.quant.name)
         return None
-    out = resolve.quantize_dir(cfg)
+    out = artifact_dirs.quantize_artifact(cfg)[0]
     state = PartialState(cpu=cfg.get("device", "auto") == "cpu")
     if config.method == "distill" and state.num_processes > 1 and not is_done(out):
         log.info("quantize: distill data-parallel over %d processes", state.num_processes)
@@ -72,7 +72,7 @@ def _quantize(cfg: DictConfig, config: TernaryConfig, out: Path) -> Path:
     _, _, device = resolve.process()
     train, heldout = _calibration(cfg, config.needs_calibration)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(resolve.quantize_artifact(cfg)[1], sort_keys=False),
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(artifact_dirs.quantize_artifact(cfg)[1], sort_keys=False),
                       shared=True)
     log.info("quantize: %s with %s (%s) on %s%s -> %s", cfg.model.name, config.method, config.granularity, device,
              f", {len(train)} calibration rows" if config.needs_calibration else "", out)
@@ -93,7 +93,7 @@ def _streamed(cfg: DictConfig, config: TernaryConfig, out: Path, device: torch.d
     arch = json.loads((source / "config.json").read_text())
     storage = storage_report(meta_flux_transformer(arch), per_channel_scales=config.per_channel,
                              lowrank_rank=config.lowrank_rank)
-    checkpoint = out / resolve.QUANTIZED_SUBDIR
+    checkpoint = out / artifact_dirs.QUANTIZED_SUBDIR
     start = time.perf_counter()
     stats = quantize_checkpoint_streaming(source, checkpoint, config, spec.pretrained, spec.revision)
     seconds = time.perf_counter() - start
@@ -106,7 +106,7 @@ def _in_memory(cfg: DictConfig, config: TernaryConfig, out: Path, device: torch.
                train: CalibrationSet | None):
     """Load the full-precision transformer, quantize it in place (block-wise methods resume from `out/blocks`)."""
     spec = resolve.model_spec(cfg)
-    transformer = resolve.pipeline(resolve.full_precision(cfg), device).transformer
+    transformer = pipeline.load(resolve.full_precision(cfg), device).transformer
     storage = storage_report(transformer, per_channel_scales=config.per_channel, lowrank_rank=config.lowrank_rank)
     start = time.perf_counter()
     report = quantize_(transformer, config, train, device=device, batch_size=cfg.quant.get("batch_size", 8),
@@ -115,7 +115,7 @@ def _in_memory(cfg: DictConfig, config: TernaryConfig, out: Path, device: torch.
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         _check_ranks_agree(transformer)
     if resolve.is_main_process():
-        save_quantized(transformer, out / resolve.QUANTIZED_SUBDIR, config,
+        save_quantized(transformer, out / artifact_dirs.QUANTIZED_SUBDIR, config,
                        base_model=getattr(spec, "pretrained", None), revision=getattr(spec, "revision", None))
         shutil.rmtree(out / "blocks", ignore_errors=True)  # resume state, superseded by the checkpoint
     return transformer, report, storage, seconds

@@ -12,11 +12,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from flux158.artifacts import atomic_write_text
-from flux158.experiments import provenance, resolve, tracking
+from flux158.experiments import artifact_dirs, pipeline, provenance, resolve, tracking
 from flux158.models import HubFluxSpec
 from flux158.models.hub import FLUX1_DEV_TRANSFORMER_CONFIG, meta_flux_transformer
 from flux158.quant.storage import storage_report
@@ -28,17 +29,22 @@ def _transformer(cfg: DictConfig) -> torch.nn.Module:
     if isinstance(resolve.model_spec(cfg), HubFluxSpec):
         arch = {**FLUX1_DEV_TRANSFORMER_CONFIG, "guidance_embeds": cfg.model.get("guidance_embeds", True)}
         return meta_flux_transformer(arch)
-    return resolve.pipeline(resolve.full_precision(cfg), torch.device("cpu")).transformer
+    return pipeline.load(resolve.full_precision(cfg), torch.device("cpu")).transformer
 
 
 def run(cfg: DictConfig) -> Path:
+    """Write `outputs/storage/<model>-<quant>-<hash8>/metrics.json` (skipped when it exists)."""
+    out, determining = artifact_dirs.storage_artifact(cfg)
+    if (out / "metrics.json").exists():
+        log.info("storage: %s exists; nothing to do", out / "metrics.json")
+        return out
     quant = cfg.quant.get("config")
     config = instantiate(quant) if quant is not None else None
     per_channel = config.per_channel if config is not None else False
     rank = config.lowrank_rank if config is not None else 0
     report = storage_report(_transformer(cfg), per_channel_scales=per_channel, lowrank_rank=rank)
-    out = Path(cfg.paths.output_dir) / "storage" / f"{cfg.model.name}-{cfg.quant.name}"
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
     metrics = {"model": cfg.model.name, "quant": cfg.quant.name, "benchmark": "storage", **provenance.environment(),
                "metrics": {**asdict(report), "quantized_share": report.quantized_share,
                            "ratio_2bit": report.ratio("2bit"), "ratio_trit5": report.ratio("trit5"),

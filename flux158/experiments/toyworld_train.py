@@ -8,10 +8,10 @@ from pathlib import Path
 
 import yaml
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from flux158.artifacts import atomic_write_text, config_hash, mark_done
-from flux158.experiments import tracking
+from flux158.artifacts import atomic_write_text, mark_done
+from flux158.experiments import artifact_dirs, tracking
 from flux158.toyworld.scenes import heldout_prompts
 from flux158.toyworld.train import train_toyworld
 
@@ -20,9 +20,7 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> Path:
     """Train into `outputs/toyworld_train/<hash>/`; with `toyworld.export_to`, copy the model there too."""
-    section = OmegaConf.to_container(cfg.toyworld, resolve=True)
-    determining = {"spec": section["spec"], "train": section["train"]}
-    out = Path(cfg.paths.output_dir) / "toyworld_train" / f"toyworld-{config_hash(determining)}"
+    out, determining = artifact_dirs.toyworld_train_artifact(cfg)
     spec = instantiate(cfg.toyworld.spec, _convert_="all")
     train_cfg = instantiate(cfg.toyworld.train, _convert_="all")
     out.mkdir(parents=True, exist_ok=True)
@@ -37,7 +35,7 @@ def run(cfg: DictConfig) -> Path:
         )
         tracker.artifact(model_dir, "toyworld-model", "model", {"config_hash": out.name})
     mark_done(out, {"model": str(model_dir)})
-    export = section.get("export_to")
+    export = cfg.toyworld.get("export_to")
     if export:
         target = Path(export)
         shutil.rmtree(target, ignore_errors=True)

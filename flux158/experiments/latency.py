@@ -10,17 +10,19 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
 import torch
+import yaml
 from diffusers import FluxPipeline
 from omegaconf import DictConfig, OmegaConf
 
-from flux158.artifacts import atomic_write_text
+from flux158.artifacts import atomic_write_text, is_done, mark_done
 from flux158.errors import Flux158Error
-from flux158.experiments import provenance, resolve, tracking
+from flux158.experiments import artifact_dirs, pipeline, provenance, resolve, tracking
 from flux158.latency import (
     StepSettings,
     StepTiming,
@@ -49,12 +51,12 @@ COLUMNS = ["variant", "compiled", "cuda_graph", "resolution", "per_step_ms", "to
 def _architecture(cfg: DictConfig) -> dict:
     if isinstance(resolve.model_spec(cfg), HubFluxSpec):
         return {**FLUX1_DEV_TRANSFORMER_CONFIG, "guidance_embeds": cfg.model.get("guidance_embeds", True)}
-    return dict(resolve.pipeline(resolve.full_precision(cfg), torch.device("cpu")).transformer.config)
+    return dict(pipeline.load(resolve.full_precision(cfg), torch.device("cpu")).transformer.config)
 
 
 def _transformer(cfg: DictConfig, arch: dict, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     if cfg.latency.weights == "pretrained":
-        return resolve.pipeline(resolve.full_precision(cfg), torch.device("cpu")).transformer.to(device, dtype)
+        return pipeline.load(resolve.full_precision(cfg), torch.device("cpu")).transformer.to(device, dtype)
     return random_transformer(arch, device, dtype, seed=cfg.seed)
 
 
@@ -99,8 +101,13 @@ def run(cfg: DictConfig) -> Path:
     dtype = parse_dtype(lat.dtype)
     torch._dynamo.config.automatic_dynamic_shapes = False  # one static graph per resolution, as in deployment
     torch._dynamo.config.cache_size_limit = 64
-    out = Path(cfg.paths.output_dir) / "latency" / f"{cfg.model.name}-{device.type}"
+    out, determining = artifact_dirs.latency_artifact(cfg, provenance.gpu_name(), _kernel_table_env())
+    if is_done(out):
+        log.info("latency: %s holds a finished measurement of this config on this GPU; delete it to measure again",
+                 out)
+        return out
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
     rows: list[dict] = []
     metrics = {"model": cfg.model.name, "quant": "latency", "benchmark": "latency", **provenance.environment(),
                "triton": _triton_version(), "kernel_table": _kernel_table(device), "smoke": smoke,
@@ -157,7 +164,9 @@ def run(cfg: DictConfig) -> Path:
         tracker.artifact(out / "metrics.json", f"latency-{cfg.model.name}-{device.type}", "results")
     log.info("latency: wrote %s (%s%s)", out / "metrics.json", metrics["gpu"], ", CPU smoke test" if smoke else "")
     failed = [r for r in rows if r["error"] and r["error"] != "OOM"]
-    if failed:
+    if not failed:
+        mark_done(out, {"rows": len(rows)})
+    else:
         raise Flux158Error(f"latency: {len(failed)} setting(s) failed (the rest are in {out / 'metrics.json'}): "
                            + "; ".join(f"{r['variant']} compiled={r['compiled']} cuda_graph={r['cuda_graph']} "
                                        f"{r['resolution']}px: {r['error']}" for r in failed))
@@ -174,7 +183,7 @@ def _pipeline_memory(cfg: DictConfig, device: torch.device, arch: dict) -> list[
         with tempfile.TemporaryDirectory(prefix="flux158-tokenizers-") as tokenizers:
             pipe = random_pipeline(arch, device, parse_dtype(lat.dtype), Path(tokenizers), seed=cfg.seed)
     else:
-        pipe = resolve.pipeline(resolve.full_precision(cfg), device)
+        pipe = pipeline.load(resolve.full_precision(cfg), device)
     if not isinstance(pipe, FluxPipeline):
         log.info("latency: whole-pipeline memory is measured for FluxPipeline models only; skipped")
         return []
@@ -223,6 +232,11 @@ def _kernel_table(device: torch.device) -> dict | None:
 
     tables = {kind: table_for_device(device.index or 0, kind == "graphed") for kind in ("eager", "graphed")}
     return {kind: f"{t.gpu}, {t.timing}: {t.source}" if t else None for kind, t in tables.items()}
+
+
+def _kernel_table_env() -> str | None:
+    """`FLUX158_KERNEL_TABLE`: measured backend tables that override the shipped ones (they change what runs)."""
+    return os.environ.get("FLUX158_KERNEL_TABLE")
 
 
 def _triton_version() -> str | None:

@@ -1,0 +1,130 @@
+"""Where each stage's artifacts live: the config keys that name a stage's directory, and that directory for a config.
+
+The one owner of artifact paths. A stage finds another stage's output here ("the generate directory of this
+config with quant=bf16") instead of importing that stage. Every directory is
+`<paths.output_dir>/<stage>[/<group>]/<label>-<hash8>`, where `hash8` hashes the config values that determine the
+artifact (written to its `config.yaml`), never a timestamp.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from flux158.artifacts import config_hash
+from flux158.experiments.provenance import gpu_name
+from flux158.experiments.resolve import model_spec, quant_config
+from flux158.models import ToyWorldSource
+
+# The teacher states: shared by every quantization method on the same model and sampler.
+CALIBRATION_KEYS = ["model", "sampler", "calib.name", "calib.prompt_set", "calib.prompts", "calib.num_prompts",
+                    "calib.heldout", "calib.states_per_prompt", "calib.chunk_size", "calib.batch_size", "calib.seed"]
+# The images. Evaluator settings (benchmark.evaluator, thresholds) are left out: they do not change the images.
+GENERATE_KEYS = ["model", "quant", "sampler", "seed", "batch_size", "benchmark.name", "benchmark.prompt_set",
+                 "benchmark.prompts", "benchmark.per_tag", "benchmark.prompt_seed", "benchmark.categories",
+                 "benchmark.limit_per_group", "benchmark.layout", "benchmark.samples_per_prompt"]
+EVALUATE_KEYS = [*GENERATE_KEYS, "benchmark.evaluator", "benchmark.threshold", "benchmark.counting_threshold",
+                 "benchmark.detector", "benchmark.detector_checkpoint", "benchmark.clip_model",
+                 "benchmark.clip_pretrained", "benchmark.evaluator_weights", "benchmark.official_checkout",
+                 "benchmark.bvqa_image_size", "benchmark.metrics", "benchmark.judge", "benchmark.judge_model",
+                 "benchmark.detector_model", "fidelity"]
+STORAGE_KEYS = ["model", "quant"]
+LATENCY_KEYS = ["model", "latency"]
+ACTIVATION_KEYS = ("act_bits", "act_format")  # applied at load time: W2A16 and W1.58A8 share one checkpoint
+QUANTIZED_SUBDIR = "transformer"
+# The `quant` section of `quant=bf16` (configs/quant/bf16.yaml; a test keeps the two equal): the unquantized model
+# whose images every quantized model's fidelity is measured against.
+UNQUANTIZED = {"name": "bf16", "checkpoint": None}
+
+
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def keyed_dir(cfg: DictConfig, parts: list[str], label: str, keys: list[str], **extra) -> tuple[Path, dict]:
+    """`<output_dir>/<parts...>/<label>-<hash8>` and the values it hashes: those of `keys`, `extra`, and the
+    toy-world model's weights (retrained weights under the same config get a new directory)."""
+    determining = {k: _plain(OmegaConf.select(cfg, k)) for k in keys} | extra
+    spec = model_spec(cfg) if "model" in keys else None
+    if isinstance(spec, ToyWorldSource):
+        determining["model_weights_sha256"] = spec.fingerprint()
+    return Path(cfg.paths.output_dir).joinpath(*parts) / f"{label}-{config_hash(determining)}", determining
+
+
+def calibration_artifact(cfg: DictConfig) -> tuple[Path, dict]:
+    """`calibrate/<calib>/<model>-<hash8>`: the teacher states."""
+    return keyed_dir(cfg, ["calibrate", cfg.calib.name], cfg.model.name, CALIBRATION_KEYS)
+
+
+def quantize_artifact(cfg: DictConfig) -> tuple[Path, dict]:
+    """`quantize/<model>-<quant>-<hash8>`, keyed by the calibration too when the method uses it."""
+    keys = ["model", "quant"] + (CALIBRATION_KEYS[1:] if quant_config(cfg).needs_calibration else [])
+    weights_only = cfg.copy()
+    with open_dict(weights_only):
+        for key in ACTIVATION_KEYS:
+            weights_only.quant.config.pop(key, None)
+    return keyed_dir(weights_only, ["quantize"], f"{cfg.model.name}-{cfg.quant.name}", keys)
+
+
+def benchmark_artifact(cfg: DictConfig, stage: str, keys: list[str]) -> tuple[Path, dict]:
+    """`<stage>/<benchmark>/<model>-<quant>-<hash8>` keyed by `keys`.
+
+    A quantized model whose checkpoint comes from the quantize stage is keyed by the calibration settings too (its
+    weights depend on them). Speed switches that can move images by rounding are keyed only when on.
+    """
+    config = quant_config(cfg) if "quant" in keys else None
+    if config is not None and config.needs_calibration and not cfg.quant.get("checkpoint"):
+        keys = [*keys, *CALIBRATION_KEYS[1:]]
+    for speedup in ("batched_modulation", "compile"):
+        if cfg.get(speedup) and "sampler" in keys:
+            keys = [*keys, speedup]
+    return keyed_dir(cfg, [stage, cfg.benchmark.name], f"{cfg.model.name}-{cfg.quant.name}", keys)
+
+
+def generate_artifact(cfg: DictConfig) -> tuple[Path, dict]:
+    return benchmark_artifact(cfg, "generate", GENERATE_KEYS)
+
+
+def evaluate_artifact(cfg: DictConfig) -> tuple[Path, dict]:
+    return benchmark_artifact(cfg, "evaluate", EVALUATE_KEYS)
+
+
+def storage_artifact(cfg: DictConfig) -> tuple[Path, dict]:
+    """`storage/<model>-<quant>-<hash8>`."""
+    return keyed_dir(cfg, ["storage"], f"{cfg.model.name}-{cfg.quant.name}", STORAGE_KEYS)
+
+
+def latency_artifact(cfg: DictConfig, device_name: str, kernel_table: str | None = None) -> tuple[Path, dict]:
+    """`latency/<model>-<device>-<hash8>`: timings belong to the GPU model, and to the backend tables `auto` read
+    (`kernel_table`: the `FLUX158_KERNEL_TABLE` override, if any)."""
+    label = f"{cfg.model.name}-{re.sub(r'[^a-z0-9]+', '_', device_name.lower()).strip('_')}"
+    return keyed_dir(cfg, ["latency"], label, LATENCY_KEYS, device=device_name, kernel_table=kernel_table)
+
+
+def toyworld_train_artifact(cfg: DictConfig) -> tuple[Path, dict]:
+    """`toyworld_train/toyworld-<hash8>`: the toy model's architecture and training settings."""
+    section = OmegaConf.to_container(cfg.toyworld, resolve=True)
+    determining = {"spec": section["spec"], "train": section["train"]}
+    return Path(cfg.paths.output_dir) / "toyworld_train" / f"toyworld-{config_hash(determining)}", determining
+
+
+def unquantized(cfg: DictConfig) -> DictConfig:
+    """The same config with `quant=bf16`: the reference a quantized model's images are compared with."""
+    reference = cfg.copy()
+    with open_dict(reference):
+        reference.quant = OmegaConf.create(UNQUANTIZED)
+    return reference
+
+
+def stage_dir(cfg: DictConfig, stage: str) -> Path:
+    """The artifact directory `stage` writes for `cfg` (latency: on the GPU, or the CPU, of this process)."""
+    if stage == "latency":
+        return latency_artifact(cfg, gpu_name(), os.environ.get("FLUX158_KERNEL_TABLE"))[0]
+    dirs = {"calibrate": calibration_artifact, "quantize": quantize_artifact, "generate": generate_artifact,
+            "evaluate": evaluate_artifact, "storage": storage_artifact, "train_toyworld": toyworld_train_artifact}
+    if stage not in dirs:
+        raise ValueError(f"stage {stage!r} has no keyed artifact directory; stages with one: {[*dirs, 'latency']}")
+    return dirs[stage](cfg)[0]

@@ -1,0 +1,57 @@
+"""The FLUX pipeline a config describes, with its transformer quantized as the config says."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from flux158.artifacts import is_done
+from flux158.experiments import artifact_dirs, resolve
+from flux158.models import load_pipeline, parse_dtype
+from flux158.quant import quantize_, set_activations
+from flux158.quant.calibration import CalibrationError
+
+log = logging.getLogger(__name__)
+
+
+def load(cfg: DictConfig, device: torch.device):
+    """The FLUX pipeline of `cfg.model` with its transformer quantized as `cfg.quant` says.
+
+    The transformer comes from `cfg.quant.checkpoint` when set, else from the quantize stage's checkpoint when it
+    exists; a data-free method without a checkpoint is applied in memory, a calibrated one is an error.
+    """
+    from accelerate import PartialState
+
+    checkpoint = cfg.quant.get("checkpoint")
+    config = resolve.quant_config(cfg)
+    if checkpoint is None and config is not None:
+        stored = artifact_dirs.quantize_artifact(cfg)[0]
+        if is_done(stored):
+            checkpoint = str(stored / artifact_dirs.QUANTIZED_SUBDIR)
+            log.info("using the quantized checkpoint %s", checkpoint)
+        elif config.needs_calibration:
+            raise CalibrationError(f"quant={cfg.quant.name} needs its quantized checkpoint, which is not at {stored}: "
+                                   "run the stages calibrate and quantize first (stages=[calibrate,quantize,...])")
+    wanted = cfg.get("device", "auto")
+    # The main process builds or downloads first; the others then read its files instead of racing it.
+    with PartialState().main_process_first():
+        pipe = load_pipeline(
+            resolve.model_spec(cfg),
+            device=device if wanted == "auto" else torch.device(wanted),
+            dtype=parse_dtype(cfg.model.dtype),
+            cache_dir=Path(cfg.paths.cache_dir),
+            transformer_path=Path(checkpoint) if checkpoint else None,
+            cpu_offload=cfg.model.get("cpu_offload", False),
+        )
+    if config is not None and checkpoint is None:
+        report = quantize_(pipe.transformer, config)
+        log.info("quantized %d block linears (%.2f%% of %d transformer parameters) with %s", len(report.quantized),
+                 100 * report.share, report.total_params, cfg.quant.name)
+    elif config is not None:  # activation precision is an inference setting, not part of the checkpoint
+        set_activations(pipe.transformer, config.act_bits, config.act_format)
+    if config is not None and config.act_bits == 8:
+        log.info("W1.58A8: per-token %s activations in every ternary linear", config.act_format)
+    return pipe

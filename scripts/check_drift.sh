@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Drift check for maintainers: install today's releases within pyproject.toml's ranges (no lock) into a fresh venv,
+# list where they differ from requirements.lock, and run the default test suite. A failure here is the next
+# breaking release, seen before a user sees it. Not part of CI (it downloads whatever is newest).
+#
+#   bash scripts/check_drift.sh                 # venv in a temporary directory, removed afterwards
+#   VENV=/tmp/drift KEEP=1 bash scripts/check_drift.sh   # keep it for a closer look
+#
+# mmcv is taken from the wheel cache of scripts/install_mmcv.sh (built once per torch version, ~15 min).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-$(mktemp -d)/venv}
+PYTHON=${PYTHON:-python3}
+[[ ${KEEP:-0} == 1 ]] || trap 'rm -rf "$VENV"' EXIT
+"$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e ".[dev,geneval-mmdet,build]"
+PYTHON="$VENV/bin/python" bash scripts/install_mmcv.sh
+"$VENV/bin/python" - <<'PY'
+"""Print each installed distribution whose version differs from the lock's pin for this interpreter."""
+import re
+from importlib.metadata import distributions
+
+from packaging.markers import Marker
+from packaging.utils import canonicalize_name
+
+locked = {}
+for line in open("requirements.lock"):
+    m = re.match(r"^([A-Za-z0-9_.-]+)==([^ ;\\]+)(?:\s*;\s*([^\\]+?))?\s*\\?$", line.rstrip())
+    if m and (m[3] is None or Marker(m[3]).evaluate()):
+        locked[canonicalize_name(m[1])] = m[2]
+installed = {canonicalize_name(d.metadata["Name"]): d.version for d in distributions()}
+changed = sorted((n, locked[n], v) for n, v in installed.items() if n in locked and locked[n] != v)
+new = sorted(n for n in installed if n not in locked and n not in {"flux158", "pip", "mmcv"})
+print(f"drift: {len(changed)} of {len(locked)} locked distributions differ from the lock")
+for name, was, now in changed:
+    print(f"  {name}: {was} -> {now}")
+if new:
+    print("  not in the lock:", ", ".join(new))
+PY
+"$VENV/bin/python" -m pytest
