@@ -4,14 +4,19 @@
 # breaking release, seen before a user sees it. Not part of CI (it downloads whatever is newest).
 #
 #   bash scripts/check_drift.sh                 # venv in a temporary directory, removed afterwards
-#   VENV=/tmp/drift KEEP=1 bash scripts/check_drift.sh   # keep it for a closer look
+#   VENV=/tmp/drift bash scripts/check_drift.sh # a new venv there, kept for a closer look
 #
 # mmcv is taken from the wheel cache of scripts/install_mmcv.sh (built once per torch version, ~15 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${VENV:-$(mktemp -d)/venv}
 PYTHON=${PYTHON:-python3}
-[[ ${KEEP:-0} == 1 ]] || trap 'rm -rf "$VENV"' EXIT
+if [[ -n ${VENV:-} ]]; then
+  [[ -e $VENV ]] && { echo "check_drift: $VENV exists; name a new directory" >&2; exit 2; }
+else
+  scratch=$(mktemp -d)
+  VENV=$scratch/venv
+  [[ ${KEEP:-0} == 1 ]] || trap 'rm -rf "$scratch"' EXIT
+fi
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e ".[dev,geneval-mmdet,build]"

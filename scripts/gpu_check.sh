@@ -29,10 +29,11 @@ if [[ $PART == lease ]]; then  # does `auto` (with a table of today's backends) 
   python3 -m flux158.kernels.bench.step "$OUT/kernels_bench.csv" 2>&1 | tee "$OUT/step_estimate.log"
   [[ -s $OUT/backend_table.json ]] && export FLUX158_KERNEL_TABLE=$(realpath "$OUT/backend_table.json")
   timeout "${T_LAT:-150}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-lease \
+    paths.output_dir=/tmp/gpu-check-lease \
     'latency.variants=[bf16,w2a16,w2a16_fused,w158a8_fp8,w158a8_fp8_fused]' 'latency.compile=[false]' \
     'latency.resolutions=[1024]' latency.steps=20 latency.pipeline_memory=false 2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/latency_eager.log"
-  cp "$(ls -td outputs/latency/*/ | head -1)metrics.json" "$OUT/latency_eager.json" 2>/dev/null
+  cp /tmp/gpu-check-lease/latency/*/metrics.json "$OUT/latency_eager.json" 2>/dev/null
 fi
 if [[ $PART == kernels || $PART == all ]]; then
   timeout "${T_TESTS:-240}" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -m "gpu or not gpu" \
@@ -44,18 +45,20 @@ if [[ $PART == kernels || $PART == all ]]; then
 fi
 if [[ $PART == latency_eager || $PART == all ]]; then
   timeout "${T_LAT:-200}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-eager \
+    paths.output_dir=/tmp/gpu-check-eager \
     "latency.variants=${VARIANTS_EAGER:-[bf16,w2a16,w2a16_fused,w158a8_int8,w158a8_fp8,w158a8_fp8_fused]}" \
     'latency.compile=[false]' latency.pipeline_memory=false \
     2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/latency_eager.log"
-  cp "$(ls -td outputs/latency/*/ | head -1)metrics.json" "$OUT/latency_eager.json" 2>/dev/null
+  cp /tmp/gpu-check-eager/latency/*/metrics.json "$OUT/latency_eager.json" 2>/dev/null
 fi
 if [[ $PART == latency_compiled || $PART == all ]]; then
   timeout "${T_LATC:-300}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-compiled \
+    paths.output_dir=/tmp/gpu-check-compiled \
     "latency.variants=${VARIANTS:-[bf16,w2a16,w2a16_fused,w158a8_fp8,w158a8_fp8_fused]}" 'latency.compile=[true]' \
     "latency.resolutions=${RES:-[1024]}" latency.pipeline_memory=false 2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/latency_compiled.log"
-  cp "$(ls -td outputs/latency/*/ | head -1)metrics.json" "$OUT/latency_compiled.json" 2>/dev/null
+  cp /tmp/gpu-check-compiled/latency/*/metrics.json "$OUT/latency_compiled.json" 2>/dev/null
 fi
 if [[ $PART == graphs ]]; then  # kernels replayed from CUDA graphs (the graph-timed backend table), host/device split
   timeout "${T_GRAPH_BENCH:-240}" python3 -m flux158.kernels.bench --cuda-graph --rotate 32 --rep-ms 30 \
@@ -68,14 +71,16 @@ if [[ $PART == graph_latency ]]; then  # eager steps with and without a CUDA gra
   timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_latency.py tests/test_kernels.py -m gpu \
     -k 'graph or overhead' 2>&1 | tail -5 | tee "$OUT/gpu_graph_tests.log"
   timeout "${T_GRAPH_LAT:-150}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-graph \
+    paths.output_dir=/tmp/gpu-check-graph \
     'latency.variants=[bf16,w2a16,w158a8_int8]' 'latency.compile=[false]' 'latency.cuda_graph=[false,true]' \
     'latency.resolutions=[1024]' latency.pipeline_memory=false "latency.batched_modulation=${BATCHED:-false}" 2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/latency_graph.log"
-  cp "$(ls -td outputs/latency/*/ | head -1)metrics.json" "$OUT/latency_graph.json" 2>/dev/null
+  cp /tmp/gpu-check-graph/latency/*/metrics.json "$OUT/latency_graph.json" 2>/dev/null
 fi
 if [[ $PART == pipeline_memory ]]; then  # whole-pipeline peak (random-weight T5-XXL, CLIP-L, VAE, transformer)
   timeout "${T_PIPE:-300}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-pipe \
+    paths.output_dir=/tmp/gpu-check-pipe \
     'latency.variants=[bf16,w2a16,w158a8_int8]' 'latency.compile=[false]' 'latency.resolutions=[1024]' \
     latency.steps=5 latency.warmup=1 2>&1 | grep -E "latency|Error|error" | tee "$OUT/pipeline_memory.log"
-  cp "$(ls -td outputs/latency/*/ | head -1)metrics.json" "$OUT/pipeline_memory.json" 2>/dev/null
+  cp /tmp/gpu-check-pipe/latency/*/metrics.json "$OUT/pipeline_memory.json" 2>/dev/null
 fi

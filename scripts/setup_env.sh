@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create the virtual environment the project is tested in: exactly requirements.lock (versions and sha256), then
-# flux158 itself, editable. Both README commands and CI start with it.
+# flux158 itself, editable. Both README commands and CI start with it. An existing venv at VENV is cleared first, so
+# nothing outside the lock survives (reinstalling from pip's cache takes about a minute).
 #
 #   bash scripts/setup_env.sh           # .venv: the locked environment (~2 min)
 #   bash scripts/setup_env.sh --mmcv    # ... plus mmcv 2.1.0 with ops for GenEval's detector (scripts/install_mmcv.sh:
@@ -23,7 +24,7 @@ for arg in "$@"; do
   esac
 done
 
-[[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
+"$PYTHON" -m venv --clear "$VENV"
 pip=("$VENV/bin/python" -m pip)
 if [[ -n ${FLUX158_TORCH_INDEX:-} ]]; then
   locked() { sed -n "s/^$1==\([^ ;]*\).*/\1/p" "$LOCK" | head -1; }

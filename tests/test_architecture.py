@@ -1,6 +1,6 @@
-"""The dependency rules of ARCHITECTURE.md, checked on the source: imports point down run.py -> experiments ->
-(library, evaluators) -> kernels; the library knows nothing of Hydra or W&B; one module talks to W&B; stages never
-import each other."""
+"""The dependency rules of the design card (ARCHITECTURE.md, "Dependency direction"), checked on the source:
+imports point down run.py -> experiments -> (library, evaluators) -> kernels; the library knows nothing of Hydra or
+W&B; one module talks to W&B; stages never import each other."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ a stage finds another's output through `artifact_dirs`, never by importing it.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -39,15 +40,31 @@ def test_every_stage_directory_is_hashed_under_its_stage(compose):
         artifact_dirs.stage_dir(cfg, "tables")
 
 
-def test_latency_is_keyed_by_settings_gpu_and_kernel_tables(compose):
+def test_latency_is_keyed_by_settings_gpu_and_what_ran(compose):
     cfg = compose("experiment=latency", "model=tiny", "logger=none")
-    h200, _ = artifact_dirs.latency_artifact(cfg, "NVIDIA H200")
-    assert h200.name.startswith("tiny-nvidia_h200-")
-    assert artifact_dirs.latency_artifact(cfg, "NVIDIA H100 80GB HBM3")[0] != h200
-    assert artifact_dirs.latency_artifact(cfg, "NVIDIA H200", "/tmp/table.json")[0] != h200
+    software = {"git_commit": "abc1234", "torch": "2.14.1", "triton": "3.8.0", "kernel_table_override": None}
+    h200, determining = artifact_dirs.latency_artifact(cfg, "NVIDIA H200", software)
+    assert h200.name.startswith("tiny-nvidia_h200-") and determining["device"] == "NVIDIA H200"
+    assert artifact_dirs.latency_artifact(cfg, "NVIDIA H100 80GB HBM3", software)[0] != h200
+    for key, value in [("git_commit", "def5678"), ("triton", "3.9.0"), ("kernel_table_override", "0" * 64)]:
+        assert artifact_dirs.latency_artifact(cfg, "NVIDIA H200", software | {key: value})[0] != h200, key
     other = compose("experiment=latency", "model=tiny", "logger=none", "latency.steps=3")
-    assert artifact_dirs.latency_artifact(other, "NVIDIA H200")[0] != h200
-    assert artifact_dirs.latency_artifact(cfg, "NVIDIA H200")[0] == h200
+    assert artifact_dirs.latency_artifact(other, "NVIDIA H200", software)[0] != h200
+    assert artifact_dirs.latency_artifact(cfg, "NVIDIA H200", dict(software))[0] == h200
+
+
+def test_kernel_table_override_is_keyed_by_content(tmp_path, monkeypatch):
+    from flux158.experiments.provenance import kernel_table_override
+
+    monkeypatch.delenv("FLUX158_KERNEL_TABLE", raising=False)
+    assert kernel_table_override() is None
+    table = tmp_path / "t.json"
+    table.write_text('{"a": 1}')
+    monkeypatch.setenv("FLUX158_KERNEL_TABLE", str(table))
+    first = kernel_table_override()
+    assert first == hashlib.sha256(b'{"a": 1}').hexdigest()
+    table.write_text('{"a": 2}')  # same path, new measurements: a new key
+    assert kernel_table_override() not in (None, first)
 
 
 def test_storage_writes_a_keyed_directory_and_a_rerun_skips_it(compose, caplog):

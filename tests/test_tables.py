@@ -12,6 +12,7 @@ from flux158.report.records import collect, results_from_json
 from flux158.report.tables import (
     benchmark_table,
     efficiency_table,
+    latency_rows,
     latency_table,
     load_paper_numbers,
     methods_table,
@@ -45,6 +46,14 @@ def _write(root: Path, rel: str, obj) -> None:
     path = root / rel / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj))
+
+
+def test_latency_cell_measured_twice_takes_the_latest_measurement_whatever_the_file_order(tmp_path):
+    newer = _latency("NVIDIA H200", [_row("bf16", 1024, 14_000, 23.5)]) | {"measured_at": "2026-12-05T10:00:00+00:00"}
+    older = _latency("NVIDIA H200", [_row("bf16", 1024, 16_000, 23.5)]) | {"measured_at": "2026-12-04T10:00:00+00:00"}
+    for order in ([newer, older], [older, newer]):
+        results = results_from_json([(obj, f"latency/flux_dev-nvidia_h200-{i}") for i, obj in enumerate(order)])
+        assert latency_rows(results)["total_s"].tolist() == [14.0]
 
 
 def test_table_1_puts_our_rows_and_their_differences_beside_the_paper(tmp_path):

@@ -8,14 +8,15 @@ artifact (written to its `config.yaml`), never a timestamp.
 
 from __future__ import annotations
 
-import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from flux158.artifacts import config_hash
-from flux158.experiments.provenance import gpu_name
+from flux158.experiments.provenance import gpu_name, measured_with
 from flux158.experiments.resolve import model_spec, quant_config
 from flux158.models import ToyWorldSource
 
@@ -32,7 +33,7 @@ EVALUATE_KEYS = [*GENERATE_KEYS, "benchmark.evaluator", "benchmark.threshold", "
                  "benchmark.bvqa_image_size", "benchmark.metrics", "benchmark.judge", "benchmark.judge_model",
                  "benchmark.detector_model", "fidelity"]
 STORAGE_KEYS = ["model", "quant"]
-LATENCY_KEYS = ["model", "latency"]
+LATENCY_KEYS = ["model", "sampler", "latency"]
 ACTIVATION_KEYS = ("act_bits", "act_format")  # applied at load time: W2A16 and W1.58A8 share one checkpoint
 QUANTIZED_SUBDIR = "transformer"
 # The `quant` section of `quant=bf16` (configs/quant/bf16.yaml; a test keeps the two equal): the unquantized model
@@ -97,11 +98,11 @@ def storage_artifact(cfg: DictConfig) -> tuple[Path, dict]:
     return keyed_dir(cfg, ["storage"], f"{cfg.model.name}-{cfg.quant.name}", STORAGE_KEYS)
 
 
-def latency_artifact(cfg: DictConfig, device_name: str, kernel_table: str | None = None) -> tuple[Path, dict]:
-    """`latency/<model>-<device>-<hash8>`: timings belong to the GPU model, and to the backend tables `auto` read
-    (`kernel_table`: the `FLUX158_KERNEL_TABLE` override, if any)."""
+def latency_artifact(cfg: DictConfig, device_name: str, measured_with: Mapping[str, Any]) -> tuple[Path, dict]:
+    """`latency/<model>-<device>-<hash8>`: a timing belongs to the GPU model and to what ran on it (`measured_with`:
+    `provenance.measured_with()`, the code commit, torch, triton and any backend-table override)."""
     label = f"{cfg.model.name}-{re.sub(r'[^a-z0-9]+', '_', device_name.lower()).strip('_')}"
-    return keyed_dir(cfg, ["latency"], label, LATENCY_KEYS, device=device_name, kernel_table=kernel_table)
+    return keyed_dir(cfg, ["latency"], label, LATENCY_KEYS, device=device_name, **measured_with)
 
 
 def toyworld_train_artifact(cfg: DictConfig) -> tuple[Path, dict]:
@@ -122,7 +123,7 @@ def unquantized(cfg: DictConfig) -> DictConfig:
 def stage_dir(cfg: DictConfig, stage: str) -> Path:
     """The artifact directory `stage` writes for `cfg` (latency: on the GPU, or the CPU, of this process)."""
     if stage == "latency":
-        return latency_artifact(cfg, gpu_name(), os.environ.get("FLUX158_KERNEL_TABLE"))[0]
+        return latency_artifact(cfg, gpu_name(), measured_with())[0]
     dirs = {"calibrate": calibration_artifact, "quantize": quantize_artifact, "generate": generate_artifact,
             "evaluate": evaluate_artifact, "storage": storage_artifact, "train_toyworld": toyworld_train_artifact}
     if stage not in dirs:

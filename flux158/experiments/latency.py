@@ -10,9 +10,9 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import tempfile
 from contextlib import ExitStack
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -97,20 +97,21 @@ def run(cfg: DictConfig) -> Path:
     if smoke and any(graphs):
         log.info("latency: CUDA-graphed steps are timed on GPUs only; skipping them on CPU")
         graphs = [g for g in graphs if not g]
+    out, determining = artifact_dirs.latency_artifact(cfg, provenance.gpu_name(), provenance.measured_with())
+    if is_done(out):
+        log.info("latency: %s holds a finished measurement of this config, code and GPU; delete it to measure "
+                 "again", out)
+        return out
     arch = _architecture(cfg)
     dtype = parse_dtype(lat.dtype)
     torch._dynamo.config.automatic_dynamic_shapes = False  # one static graph per resolution, as in deployment
     torch._dynamo.config.cache_size_limit = 64
-    out, determining = artifact_dirs.latency_artifact(cfg, provenance.gpu_name(), _kernel_table_env())
-    if is_done(out):
-        log.info("latency: %s holds a finished measurement of this config on this GPU; delete it to measure again",
-                 out)
-        return out
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
     rows: list[dict] = []
     metrics = {"model": cfg.model.name, "quant": "latency", "benchmark": "latency", **provenance.environment(),
-               "triton": _triton_version(), "kernel_table": _kernel_table(device), "smoke": smoke,
+               "triton": provenance.triton_version(), "measured_at": _utc_now(),
+               "kernel_table": _kernel_table(device), "smoke": smoke,
                "weights": lat.weights,
                "settings": {**OmegaConf.to_container(lat, resolve=True), "device": str(device)},
                "metrics": {"rows": rows}}
@@ -234,17 +235,8 @@ def _kernel_table(device: torch.device) -> dict | None:
     return {kind: f"{t.gpu}, {t.timing}: {t.source}" if t else None for kind, t in tables.items()}
 
 
-def _kernel_table_env() -> str | None:
-    """`FLUX158_KERNEL_TABLE`: measured backend tables that override the shipped ones (they change what runs)."""
-    return os.environ.get("FLUX158_KERNEL_TABLE")
-
-
-def _triton_version() -> str | None:
-    try:
-        import triton
-    except ImportError:
-        return None
-    return triton.__version__
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 

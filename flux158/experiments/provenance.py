@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import platform
 import subprocess
 from pathlib import Path
 
 import torch
+
+from flux158.kernels.backend_table import TABLE_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,6 +29,33 @@ def git_commit() -> str:
 
 def gpu_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def kernel_table_override() -> str | None:
+    """sha256 over the backend tables named by `FLUX158_KERNEL_TABLE` (they change which kernels `auto` runs), or
+    None when the shipped tables (part of the commit) are used."""
+    names = [n for n in os.environ.get(TABLE_ENV, "").split(os.pathsep) if n]
+    if not names:
+        return None
+    digest = hashlib.sha256()
+    for name in names:
+        path = Path(name)
+        digest.update(path.read_bytes() if path.is_file() else f"missing:{name}".encode())
+    return digest.hexdigest()
+
+
+def measured_with() -> dict[str, str | None]:
+    """What a timing depends on beyond the config and the GPU: the code, torch, triton and any backend tables."""
+    return {"git_commit": git_commit(), "torch": str(torch.__version__), "triton": triton_version(),
+            "kernel_table_override": kernel_table_override()}
 
 
 def environment() -> dict[str, str]:

@@ -1,8 +1,9 @@
 """Stage `quantize`: apply `cfg.quant` to the full-precision transformer, save the checkpoint, measure it.
 
-Writes `<quantize_dir>/transformer/` (a `save_quantized` checkpoint, which `generate` then loads) and
-`metrics.json`: per-layer weight SQNR and zero fraction, the transformer-output error against the teacher on the
-held-out calibration states, bytes in BF16 / 2bit / trit5 (with scales and any low-rank factors), and wall time.
+Writes into `artifact_dirs.quantize_artifact(cfg)`: `transformer/` (a `save_quantized` checkpoint, which `generate`
+then loads) and `metrics.json`: per-layer weight SQNR and zero fraction, the transformer-output error against the
+teacher on the held-out calibration states, bytes in BF16 / 2bit / trit5 (with scales and any low-rank factors), and
+wall time.
 """
 
 from __future__ import annotations

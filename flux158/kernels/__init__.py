@@ -1,7 +1,7 @@
 """Low-bit linear kernels for ternary weights: the packed `2bit` layout, Triton GEMM/GEMV kernels (W2A16 and
 W1.58A8 int8/fp8), their `torch.library` registration, pure-torch references, and `flux158.kernels.bench`.
 
-This package imports nothing from `flux158`, `eval` or `experiments`.
+This package imports nothing from the rest of `flux158` (tests/test_architecture.py checks it).
 """
 
 from flux158.kernels.dispatch import ActFormat, graph_timed_calls, kernel_available, ternary_linear

@@ -75,10 +75,10 @@ def _gpu_label(result: Result) -> str:
 
 
 def latency_rows(results: Sequence[Result]) -> pd.DataFrame:
-    """Every latency measurement, one row per (GPU, variant, mode, resolution); a later file for the same cell
-    (a rerun) replaces an earlier one."""
+    """Every latency measurement, one row per (GPU, variant, mode, resolution); where several runs measured a cell,
+    the latest (`measured_at`; runs without it count as oldest, in file order) wins."""
     cells: dict[tuple, dict] = {}
-    for result in _ours(results, "latency"):
+    for result in sorted(_ours(results, "latency"), key=lambda r: str(r.extra.get("measured_at") or "")):
         for row in result.metrics.get("rows", []):
             mode = ("compiled" if row.get("compiled") else "eager") + (" + CUDA graph" if row.get("cuda_graph") else "")
             key = (_gpu_label(result), row["variant"], mode, int(row["resolution"]))

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 _write_table(args.table, rows, f"flux158.kernels.bench: {args.out.name}")
     print(f"wrote {args.out} ({len(rows)} timings on {gpu})")
     if args.table and rows:
-        print(f"wrote {args.table}: set FLUX158_KERNEL_TABLE={args.table} (or ship it in kernels/tables/ as "
+        print(f"wrote {args.table}: set FLUX158_KERNEL_TABLE={args.table} (or ship it in flux158/kernels/tables/ as "
               f"{table_slug(gpu)}{'.graph' if args.cuda_graph else ''}.json)")
     return 0
 

@@ -1,6 +1,7 @@
 """A `flux158.kernels.backend_table.BackendTable` from `flux158.kernels.bench` timings.
 
-    python -m flux158.kernels.bench.table RUN.csv [RUN2.csv ...] --capability 9.0 --out kernels/tables/nvidia_h200.json
+    python -m flux158.kernels.bench.table RUN.csv [RUN2.csv ...] --capability 9.0 \
+        --out flux158/kernels/tables/nvidia_h200.json
 
 (`python -m flux158.kernels.bench --table PATH` writes one straight after a run.) Per activation format, shape and M the
 faster of the fused kernel and the unpack baseline wins; with several runs each cell keeps its fastest time.
