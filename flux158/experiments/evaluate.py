@@ -142,7 +142,6 @@ def run(cfg: DictConfig) -> Path:
     atomic_write(out / "results.jsonl",
                  lambda tmp: pd.DataFrame(rows).to_json(tmp, orient="records", lines=True))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # last: its presence means complete
-    log.info("evaluate: %s", ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     with tracking.track(cfg, "evaluate") as tracker:
         tracker.summary(scores)
         tracker.artifact(out / "metrics.json", f"metrics-{cfg.benchmark.name}-{cfg.model.name}-{cfg.quant.name}",
@@ -152,4 +151,6 @@ def run(cfg: DictConfig) -> Path:
         tracker.image_table("results", ["tag", "prompt", *verdict, "image"],
                             [[r["tag"], r["prompt"], *(r[k] for k in verdict), images / r["filename"]]
                              for r in sample], "image")
+    # last, after W&B's own summary, so that a run's final line is its scores
+    log.info("evaluate: %s (%s)", ", ".join(f"{k} {v:.3f}" for k, v in scores.items()), out / "metrics.json")
     return out
