@@ -23,17 +23,17 @@ fi
 PYTHON="$VENV/bin/python" bash scripts/install_mmcv.sh
 "$VENV/bin/python" - <<'PY'
 """Print each installed distribution whose version differs from the lock's pin for this interpreter."""
-import re
 from importlib.metadata import distributions
 
-from packaging.markers import Marker
+from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 locked = {}
 for line in open("requirements.lock"):
-    m = re.match(r"^([A-Za-z0-9_.-]+)==([^ ;\\]+)(?:\s*;\s*([^\\]+?))?\s*\\?$", line.rstrip())
-    if m and (m[3] is None or Marker(m[3]).evaluate()):
-        locked[canonicalize_name(m[1])] = m[2]
+    if line[:1].isalnum():  # "name==version ; marker \" opens each entry; hashes and comments follow indented
+        req = Requirement(line.rstrip().rstrip("\\").strip())
+        if req.marker is None or req.marker.evaluate():
+            locked[canonicalize_name(req.name)] = next(iter(req.specifier)).version
 installed = {canonicalize_name(d.metadata["Name"]): d.version for d in distributions()}
 changed = sorted((n, locked[n], v) for n, v in installed.items() if n in locked and locked[n] != v)
 new = sorted(n for n in installed if n not in locked and n not in {"flux158", "pip", "mmcv"})

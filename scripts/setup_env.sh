@@ -40,4 +40,4 @@ fi
 if (( mmcv )); then
   PYTHON="$VENV/bin/python" bash scripts/install_mmcv.sh
 fi
-"$VENV/bin/python" -c "import flux158, torch; print('setup_env: flux158 in', '$VENV', 'with torch', torch.__version__)"
+"$VENV/bin/python" -c "import sys, flux158, torch; print('setup_env: flux158 in', sys.prefix, 'with torch', torch.__version__)"

@@ -98,11 +98,14 @@ def storage_artifact(cfg: DictConfig) -> tuple[Path, dict]:
     return keyed_dir(cfg, ["storage"], f"{cfg.model.name}-{cfg.quant.name}", STORAGE_KEYS)
 
 
-def latency_artifact(cfg: DictConfig, device_name: str, measured_with: Mapping[str, Any]) -> tuple[Path, dict]:
-    """`latency/<model>-<device>-<hash8>`: a timing belongs to the GPU model and to what ran on it (`measured_with`:
-    `provenance.measured_with()`, the code commit, torch, triton and any backend-table override)."""
+def latency_artifact(cfg: DictConfig, device_name: str | None = None,
+                     software: Mapping[str, Any] | None = None) -> tuple[Path, dict]:
+    """`latency/<model>-<device>-<hash8>`: a timing belongs to the GPU model (default: this process's) and to what
+    ran on it (default: `provenance.measured_with()`, the code commit, torch, triton, any backend-table override)."""
+    device_name = gpu_name() if device_name is None else device_name
+    software = measured_with() if software is None else software
     label = f"{cfg.model.name}-{re.sub(r'[^a-z0-9]+', '_', device_name.lower()).strip('_')}"
-    return keyed_dir(cfg, ["latency"], label, LATENCY_KEYS, device=device_name, **measured_with)
+    return keyed_dir(cfg, ["latency"], label, LATENCY_KEYS, device=device_name, **software)
 
 
 def toyworld_train_artifact(cfg: DictConfig) -> tuple[Path, dict]:
@@ -122,10 +125,9 @@ def unquantized(cfg: DictConfig) -> DictConfig:
 
 def stage_dir(cfg: DictConfig, stage: str) -> Path:
     """The artifact directory `stage` writes for `cfg` (latency: on the GPU, or the CPU, of this process)."""
-    if stage == "latency":
-        return latency_artifact(cfg, gpu_name(), measured_with())[0]
     dirs = {"calibrate": calibration_artifact, "quantize": quantize_artifact, "generate": generate_artifact,
-            "evaluate": evaluate_artifact, "storage": storage_artifact, "train_toyworld": toyworld_train_artifact}
+            "evaluate": evaluate_artifact, "latency": latency_artifact, "storage": storage_artifact,
+            "train_toyworld": toyworld_train_artifact}
     if stage not in dirs:
-        raise ValueError(f"stage {stage!r} has no keyed artifact directory; stages with one: {[*dirs, 'latency']}")
+        raise ValueError(f"stage {stage!r} has no keyed artifact directory; stages with one: {list(dirs)}")
     return dirs[stage](cfg)[0]

@@ -97,7 +97,7 @@ def run(cfg: DictConfig) -> Path:
     if smoke and any(graphs):
         log.info("latency: CUDA-graphed steps are timed on GPUs only; skipping them on CPU")
         graphs = [g for g in graphs if not g]
-    out, determining = artifact_dirs.latency_artifact(cfg, provenance.gpu_name(), provenance.measured_with())
+    out, determining = artifact_dirs.latency_artifact(cfg)
     if is_done(out):
         log.info("latency: %s holds a finished measurement of this config, code and GPU; delete it to measure "
                  "again", out)
@@ -237,6 +237,3 @@ def _kernel_table(device: torch.device) -> dict | None:
 
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-
