@@ -227,3 +227,54 @@ def test_end_to_end_stage_resumes_exactly_after_a_kill(model_cache, calib_dir, t
     assert again == losses  # steps 0-4 from the checkpoint, 5-11 recomputed: the same numbers
     for (name, a), (_, b) in zip(whole.named_buffers(), resumed.named_buffers(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_sigma_weights_follow_their_bands():
+    from flux158.quant.distill import sigma_weights
+
+    sigmas = torch.tensor([0.05, 0.2, 0.21, 0.5, 0.8, 0.81, 1.0])
+    bands = DistillConfig(e2e_sigma_weights=[[0.2, 1.0], [0.8, 2.5], [1.0, 0.5]]).e2e_sigma_weights
+    assert bands == ((0.2, 1.0), (0.8, 2.5), (1.0, 0.5))  # lists from Hydra become tuples
+    assert sigma_weights(sigmas, bands).tolist() == [1.0, 1.0, 2.5, 2.5, 2.5, 0.5, 0.5]
+    assert sigma_weights(sigmas, ((0.5, 3.0),)).tolist() == [3.0, 3.0, 3.0, 3.0, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="increasing"):
+        DistillConfig(e2e_sigma_weights=[[0.8, 1.0], [0.2, 2.0]])
+    with pytest.raises(ValueError, match="weight >= 0"):
+        DistillConfig(e2e_sigma_weights=[[0.8, -1.0]])
+
+
+def test_sigma_weighted_loss_reweights_rows_of_the_relative_error():
+    from flux158.quant.distill import _rel_mse, _weighted_rel_mse
+
+    torch.manual_seed(0)
+    target, pred = torch.randn(3, 5, 4), torch.randn(3, 5, 4)
+    torch.testing.assert_close(_weighted_rel_mse(pred, target, torch.ones(3)), _rel_mse(pred, target))
+    per_row = [((pred[i] - target[i]) ** 2).sum() for i in range(3)]
+    expected = (2 * per_row[0] + 0.5 * per_row[2]) / (target ** 2).sum()
+    torch.testing.assert_close(_weighted_rel_mse(pred, target, torch.tensor([2.0, 0.0, 0.5])), expected)
+
+
+def test_sigma_weighted_end_to_end_stage_trains_on_the_weighted_loss(model_cache, calib_dir):
+    from flux158.quant import distill
+
+    calib = CalibrationSet.load(calib_dir)
+    bands = ((0.5, 3.0), (1.0, 0.0))
+    opts = DistillConfig(block_steps=0, e2e_steps=2, e2e_sigma_weights=bands)
+    picked = next(distill._row_sampler(len(calib), opts.batch_size, torch.Generator().manual_seed(opts.seed)))
+    start = _fresh(model_cache)
+    quantize_(start, TernaryConfig("l2_optimal", "channel"))
+    kwargs, target = calib.batch(picked.tolist())
+    with torch.no_grad():
+        err = (start(**kwargs, return_dict=False)[0] - target).square().flatten(1).sum(1)
+    sigmas = calib.sigmas()[picked]
+    weights = torch.where(sigmas <= 0.5, 3.0, 0.0)
+    assert 0 < int((sigmas <= 0.5).sum()) < len(picked)  # the batch spans both bands
+    expected = {"uniform": (err.sum() / target.square().sum()).item(),
+                "banded": ((weights * err).sum() / target.square().sum()).item()}
+    assert expected["banded"] != pytest.approx(expected["uniform"], rel=0.05)
+    for name, config in (("uniform", DistillConfig(block_steps=0, e2e_steps=2)), ("banded", opts)):
+        transformer = _fresh(model_cache)
+        quantize_(transformer, TernaryConfig("l2_optimal", "channel"))
+        losses = distill.tune_end_to_end(transformer, calib, TernaryConfig("distill", "channel", distill=config),
+                                         progress=False)
+        assert losses[0] == pytest.approx(expected[name], rel=1e-4)  # step 0: the loss before any update

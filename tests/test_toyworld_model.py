@@ -90,27 +90,39 @@ def test_fp_scores_well_above_chance_and_absmean_collapses(toy_pipe, tmp_path):
 
 
 def test_toyworld_experiment_writes_metrics(compose, tmp_path):
-    cfg = compose("logger=none", "benchmark.samples_per_prompt=1")
+    small = ("logger=none", "benchmark.samples_per_prompt=1", "benchmark.per_tag=8")
+    cfg = compose(*small)
     generate.run(cfg)
     out = evaluate.run(cfg)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "toyworld" and metrics["quant"] == "bf16" and metrics["benchmark"] == "toyworld"
-    assert metrics["num_images"] == len(heldout_prompts())
-    assert set(metrics["metrics"]) == {"single_object", "two_object", "counting", "colors", "position",
-                                       "color_attr", "overall"}
+    tags = {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
+    assert metrics["num_images"] == 8 * len(tags)  # balanced: every tag has per_tag entries
+    assert set(metrics["metrics"]) == {*tags, "overall"}
     assert metrics["gpu"] == "cpu" and metrics["git_commit"]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == metrics["num_images"]
     by_tag = {}
     for r in rows:
         by_tag.setdefault(r["tag"], []).append(r["correct"])
+    assert {t: len(v) for t, v in by_tag.items()} == dict.fromkeys(tags, 8)
     assert metrics["metrics"]["overall"] == pytest.approx(np.mean([np.mean(v) for v in by_tag.values()]))
-    assert "fidelity_to_bf16" not in metrics
-    quantized = compose("logger=none", "benchmark.samples_per_prompt=1", "quant=absmean")
+    intervals = metrics["intervals"]
+    assert intervals["level"] == 0.95 and set(intervals) >= {*tags, "overall"}
+    for key in (*tags, "overall"):
+        low, high = intervals[key]
+        assert low <= metrics["metrics"][key] <= high
+    assert "fidelity_to_bf16" not in metrics and "retention_vs_bf16" not in metrics
+    quantized = compose(*small, "quant=absmean")
     generate.run(quantized)
     qmetrics = json.loads((evaluate.run(quantized) / "metrics.json").read_text())
     fidelity = qmetrics["fidelity_to_bf16"]
     assert fidelity["images"] == metrics["num_images"] and fidelity["psnr"] < 20 and fidelity["ssim"] < 0.5
+    retention = qmetrics["retention_vs_bf16"]["overall"]
+    assert retention["difference"]["estimate"] == pytest.approx(
+        qmetrics["metrics"]["overall"] - metrics["metrics"]["overall"])
+    assert retention["retention"]["estimate"] == pytest.approx(
+        qmetrics["metrics"]["overall"] / metrics["metrics"]["overall"])
 
 
 def test_retrained_weights_get_new_artifact_dirs(compose, tmp_path):

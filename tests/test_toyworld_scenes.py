@@ -41,6 +41,18 @@ def test_heldout_prompts_cover_every_tag_in_geneval_format():
     assert all(p["exclude"][0]["count"] == p["include"][0]["count"] + 1 for p in counting)
 
 
+def test_balanced_prompts_give_every_tag_the_same_number_of_entries():
+    distinct = heldout_prompts(per_tag=30)
+    balanced = heldout_prompts(per_tag=30, repeat=True)
+    assert len(balanced) == 30 * len(TAGS)
+    for tag in TAGS:
+        mine = [p["prompt"] for p in balanced if p["tag"] == tag]
+        theirs = [p["prompt"] for p in distinct if p["tag"] == tag]
+        assert len(mine) == 30 and set(mine) == set(theirs)  # the same prompts, cycled where a tag has fewer
+        assert mine[: len(theirs)] == theirs and mine == [theirs[i % len(theirs)] for i in range(30)]
+    assert len({p["prompt"] for p in balanced if p["tag"] == "single_object"}) < 30  # fewer distinct than entries
+
+
 def test_detector_scores_ground_truth_at_least_99_percent():
     detector = ToyDetector(PALETTE)
     rng = np.random.default_rng(123)

@@ -18,6 +18,7 @@ from flux158.eval.geneval.build import build_scorer, register_tiny_clip
 from flux158.eval.geneval.detector import DetectorUnavailableError
 from flux158.eval.geneval.folder import IncompleteFolderError
 from flux158.eval.geneval.rules import summarize
+from flux158.eval.intervals import as_json, comparison_json, paired_comparison, score_intervals
 from flux158.eval.toyworld.detector import ToyDetector
 from flux158.eval.toyworld.scoring import score_folder
 from flux158.experiments import artifact_dirs, provenance, resolve, t2i_compbench_eval, tracking
@@ -100,19 +101,52 @@ def _fidelity_to_bf16(cfg: DictConfig, images: Path, rows: list[dict]) -> dict |
     return {**scores, "reference_dir": str(reference), **({"skipped": skipped} if skipped else {})}
 
 
-def _backfill_fidelity(cfg: DictConfig, images: Path, out: Path) -> None:
-    """Add the fidelity to BF16 to a finished evaluation that lacks it, once the BF16 images exist (in a parallel
-    sweep the quantized jobs may finish before the BF16 one)."""
+def _read_rows(out: Path) -> list[dict]:
+    path = out / "results.jsonl"
+    return pd.read_json(path, lines=True).to_dict("records") if path.exists() and path.stat().st_size else []
+
+
+def _intervals(cfg: DictConfig, rows: list[dict]) -> dict | None:
+    """95 % bootstrap intervals of each tag's score and of `overall`, for pass/fail rows (GenEval, toy world)."""
+    if not rows or "correct" not in rows[0]:
+        return None
+    resamples = int(cfg.benchmark.get("bootstrap_resamples", 10_000))
+    return as_json(score_intervals(rows, resamples), resamples, 0.95)
+
+
+def _retention_vs_bf16(cfg: DictConfig, rows: list[dict]) -> dict | None:
+    """Score / BF16 score per tag and overall, with paired intervals (same prompts and seeds), once the BF16
+    evaluation exists."""
+    if cfg.quant.name == "bf16" or not rows or "correct" not in rows[0]:
+        return None
+    reference = artifact_dirs.evaluate_artifact(artifact_dirs.unquantized(cfg))[0]
+    if not (reference / "metrics.json").exists():
+        log.warning("no BF16 evaluation at %s: retention skipped (run quant=bf16 first)", reference)
+        return None
+    resamples = int(cfg.benchmark.get("bootstrap_resamples", 10_000))
+    try:
+        comparison = paired_comparison(rows, _read_rows(reference), resamples)
+    except ValueError as e:
+        log.warning("retention vs BF16 skipped: %s (%s)", e, reference)
+        return None
+    return {**comparison_json(comparison, resamples, 0.95), "reference_dir": str(reference)}
+
+
+def _backfill(cfg: DictConfig, images: Path, out: Path) -> None:
+    """Add what a finished evaluation lacks: its intervals (evaluations older than them), and the fidelity and
+    retention to BF16 once the BF16 results exist (in a parallel sweep the quantized jobs may finish first)."""
     metrics = json.loads((out / "metrics.json").read_text())
-    if cfg.quant.name == "bf16" or "fidelity_to_bf16" in metrics:
-        return
-    rows = pd.read_json(out / "results.jsonl", lines=True).to_dict("records") if (
-        out / "results.jsonl").stat().st_size else []
-    fidelity = _fidelity_to_bf16(cfg, images, rows)
-    if fidelity is not None:
-        metrics["fidelity_to_bf16"] = fidelity
+    rows, added = _read_rows(out), []
+    if "intervals" not in metrics and (intervals := _intervals(cfg, rows)) is not None:
+        metrics["intervals"], _ = intervals, added.append("intervals")
+    if "retention_vs_bf16" not in metrics and (retention := _retention_vs_bf16(cfg, rows)) is not None:
+        metrics["retention_vs_bf16"], _ = retention, added.append("retention vs BF16")
+    if cfg.quant.name != "bf16" and "fidelity_to_bf16" not in metrics and (
+            fidelity := _fidelity_to_bf16(cfg, images, rows)) is not None:
+        metrics["fidelity_to_bf16"], _ = fidelity, added.append("fidelity to BF16")
+    if added:
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-        log.info("evaluate: added the fidelity to BF16 to %s (PSNR %.2f dB)", out / "metrics.json", fidelity["psnr"])
+        log.info("evaluate: added %s to %s", ", ".join(added), out / "metrics.json")
 
 
 def run(cfg: DictConfig) -> Path:
@@ -123,20 +157,23 @@ def run(cfg: DictConfig) -> Path:
                            "(stages=[generate,evaluate], all shards)")
     out, determining = artifact_dirs.evaluate_artifact(cfg)
     if (out / "metrics.json").exists():
-        _backfill_fidelity(cfg, images, out)
+        _backfill(cfg, images, out)
         log.info("evaluate: %s exists; nothing to do", out / "metrics.json")
         return out
     rows, evaluator = _score(cfg, images)
     scores = _summary(cfg, rows)
     fidelity = _fidelity_to_bf16(cfg, images, rows)
+    intervals, retention = _intervals(cfg, rows), _retention_vs_bf16(cfg, rows)
     metrics = {
         "model": cfg.model.name, "quant": cfg.quant.name, "benchmark": cfg.benchmark.name,
         "config_hash": out.name.rsplit("-", 1)[-1], "images_dir": str(images), "num_images": len(rows),
         **provenance.environment(), "metrics": scores,
         "evaluator": evaluator,
     }
-    if fidelity is not None:
-        metrics["fidelity_to_bf16"] = fidelity
+    for key, value in (("intervals", intervals), ("retention_vs_bf16", retention),
+                       ("fidelity_to_bf16", fidelity)):
+        if value is not None:
+            metrics[key] = value
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
     atomic_write(out / "results.jsonl",
@@ -153,4 +190,9 @@ def run(cfg: DictConfig) -> Path:
                              for r in sample], "image")
     # last, after W&B's own summary, so that a run's final line is its scores
     log.info("evaluate: %s (%s)", ", ".join(f"{k} {v:.3f}" for k, v in scores.items()), out / "metrics.json")
+    if intervals is not None:
+        low, high = intervals["overall"]
+        kept = "" if retention is None else ", {estimate:.1%} of BF16 [{low:.1%}, {high:.1%}]".format(
+            **retention["overall"]["retention"])
+        log.info("evaluate: overall %.3f, 95 %% interval [%.3f, %.3f]%s", scores["overall"], low, high, kept)
     return out

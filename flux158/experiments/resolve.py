@@ -25,8 +25,9 @@ def prompts(cfg: DictConfig) -> list[PromptItem]:
     bench = cfg.benchmark
     if bench.prompt_set == "inline":
         items = geneval_prompts_from_records(OmegaConf.to_container(bench.prompts, resolve=True))
-    elif bench.prompt_set == "toyworld_heldout":
-        items = geneval_prompts_from_records(heldout_prompts(bench.per_tag, bench.prompt_seed))
+    elif bench.prompt_set in ("toyworld_heldout", "toyworld_balanced"):  # balanced: `per_tag` entries every tag
+        items = geneval_prompts_from_records(
+            heldout_prompts(bench.per_tag, bench.prompt_seed, repeat=bench.prompt_set == "toyworld_balanced"))
     else:
         mirror = cfg.paths.get("prompt_mirror")
         items = load_prompt_set(

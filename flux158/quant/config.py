@@ -58,6 +58,10 @@ class DistillConfig:
         e2e_lr_weight: stage-2 step size of the latent weights (relative); 0 keeps the codes frozen, as in
             EfficientQAT's E2E-QP. Above 0 every weight gets an fp32 latent copy and Adam state (16 bytes per
             weight: fine for small models, ~190 GB for FLUX.1-dev).
+        e2e_sigma_weights: stage-2 loss weight by noise level, as (upper σ, weight) bands in increasing σ: a row
+            at σ takes the weight of the first band whose upper bound is ≥ σ (rows above every band: 1). Empty =
+            uniform. `((0.2, 1), (0.8, 2.5), (1.0, 0.5))` stresses the mid-σ band where the toy score is lost
+            (quant_next.md D3).
         e2e_guidance: when > 0 and the calibration holds both halves of classifier-free-guided calls, stage 2
             matches the guided velocity v_u + g (v_c - v_u) at this g (CFG-aware distillation, as BitsFusion);
             0 matches each half on its own. FLUX.1-dev is guidance-distilled, so this only matters for CFG models.
@@ -76,6 +80,7 @@ class DistillConfig:
     e2e_lr_scale: float = 1e-3
     e2e_lr_bias: float = 1e-5
     e2e_lr_weight: float = 0.0
+    e2e_sigma_weights: tuple[tuple[float, float], ...] = ()
     e2e_guidance: float = 0.0
     grad_clip: float = 0.3
     ste_clip: float = 1.49
@@ -87,6 +92,11 @@ class DistillConfig:
             raise ValueError("block_steps and e2e_steps must be >= 0 and batch_size >= 1")
         if self.ste_clip <= 0.5:
             raise ValueError("ste_clip must exceed 0.5 (the rounding threshold), e.g. 1.49")
+        bands = tuple((float(upper), float(weight)) for upper, weight in self.e2e_sigma_weights)
+        if any(w < 0 for _, w in bands) or [u for u, _ in bands] != sorted({u for u, _ in bands}):
+            raise ValueError(f"e2e_sigma_weights must be (upper σ, weight >= 0) bands with increasing bounds, "
+                             f"got {self.e2e_sigma_weights}")
+        object.__setattr__(self, "e2e_sigma_weights", bands)  # Hydra hands over lists
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,20 @@ def _rel_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred.float() - target.float()).square().sum() / target.float().square().sum().clamp(min=1e-30)
 
 
+def sigma_weights(sigmas: torch.Tensor, bands: tuple[tuple[float, float], ...]) -> torch.Tensor:
+    """Per-row loss weights: the weight of the first (upper σ, weight) band with upper ≥ σ; 1 above every band."""
+    weights = torch.ones_like(sigmas, dtype=torch.float32)
+    for upper, weight in reversed(bands):  # the lowest matching band is written last
+        weights[sigmas <= upper] = weight
+    return weights
+
+
+def _weighted_rel_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_i w_i |pred_i - target_i|² / Σ_i |target_i|² (rows along dim 0): the relative MSE with rows reweighted."""
+    err = (pred.float() - target.float()).square().flatten(1).sum(1)
+    return (weights.to(err.device) * err).sum() / target.float().square().sum().clamp(min=1e-30)
+
+
 def block_loss(pred: BlockState, target: BlockState, txt_weight: float) -> torch.Tensor:
     """Relative MSE of the image stream plus `txt_weight` times that of the text stream."""
     loss = _rel_mse(pred.hidden, target.hidden)
@@ -278,6 +292,7 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
     rows = _row_sampler(len(pairs) or len(calib), opts.batch_size,
                         torch.Generator().manual_seed(opts.seed + 1_000_003 * rank))
     params = [p for g in groups for p in g["params"]]
+    row_weights = sigma_weights(calib.sigmas(), opts.e2e_sigma_weights) if opts.e2e_sigma_weights else None
     saved = Path(checkpoint_dir) / "e2e.safetensors" if checkpoint_dir is not None else None
     start, losses = _load_e2e(saved, params, optimizer) if saved is not None and saved.exists() else (0, [])
     for _ in range(start):  # replay the row order up to the resumed step
@@ -289,13 +304,16 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
                          initial=start, total=opts.e2e_steps, disable=not progress):
             picked = next(rows).tolist()
             if pairs:  # both halves of each guided call, unconditional first
-                kwargs, target = calib.batch([pairs[i][0] for i in picked] + [pairs[i][1] for i in picked], device,
-                                             dtype)
-                loss = _rel_mse(_guided(transformer(**kwargs, return_dict=False)[0], opts.e2e_guidance),
+                records = [pairs[i][1] for i in picked]
+                kwargs, target = calib.batch([pairs[i][0] for i in picked] + records, device, dtype)
+                pred, target = (_guided(transformer(**kwargs, return_dict=False)[0], opts.e2e_guidance),
                                 _guided(target, opts.e2e_guidance))
             else:
+                records = picked
                 kwargs, target = calib.batch(picked, device, dtype)
-                loss = _rel_mse(transformer(**kwargs, return_dict=False)[0], target)
+                pred = transformer(**kwargs, return_dict=False)[0]
+            loss = (_rel_mse(pred, target) if row_weights is None
+                    else _weighted_rel_mse(pred, target, row_weights[records]))
             _update(optimizer, base, step, opts.e2e_steps, loss, params, students, opts.grad_clip)
             losses.append(loss.item())
             if saved is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == opts.e2e_steps):

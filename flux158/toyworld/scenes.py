@@ -159,17 +159,22 @@ def scene_for(spec: dict[str, Any], seed: int, size: int = 32) -> tuple[np.ndarr
     return render_scene(spec, np.random.default_rng(seed), size)
 
 
-def heldout_prompts(per_tag: int = 16, seed: int = 20241224) -> list[dict[str, Any]]:
-    """A fixed evaluation set in GenEval's metadata format: `per_tag` distinct prompts per tag, tags in order."""
+def heldout_prompts(per_tag: int = 16, seed: int = 20241224, repeat: bool = False) -> list[dict[str, Any]]:
+    """A fixed evaluation set in GenEval's metadata format, tags in order: up to `per_tag` distinct prompts per tag.
+
+    With `repeat`, every tag gets exactly `per_tag` entries: a tag with fewer distinct prompts (single_object has 3,
+    two_object 6, counting 9) cycles through them, and each entry draws its own seeds, so every tag weighs the
+    same number of images in the score.
+    """
     rng = np.random.default_rng(seed)
     out: list[dict[str, Any]] = []
     for tag in TAGS:
-        seen: set[str] = set()
+        distinct: dict[str, dict[str, Any]] = {}
         for _ in range(10_000):
-            if len(seen) == per_tag:
+            if len(distinct) == per_tag:
                 break
             spec = sample_prompt(rng, tag)
-            if spec["prompt"] not in seen:
-                seen.add(spec["prompt"])
-                out.append(spec)
+            distinct.setdefault(spec["prompt"], spec)
+        specs = list(distinct.values())
+        out.extend(specs[i % len(specs)] for i in range(per_tag) if repeat or i < len(specs))
     return out
