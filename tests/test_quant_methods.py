@@ -278,3 +278,36 @@ def test_sigma_weighted_end_to_end_stage_trains_on_the_weighted_loss(model_cache
         losses = distill.tune_end_to_end(transformer, calib, TernaryConfig("distill", "channel", distill=config),
                                          progress=False)
         assert losses[0] == pytest.approx(expected[name], rel=1e-4)  # step 0: the loss before any update
+
+
+def test_attention_loss_measures_the_attention_outputs_against_the_fp_block(model_cache, calib_dir):
+    import copy
+
+    from flux158.quant.blocks import flux_blocks, run_block
+    from flux158.quant.distill import attention_loss
+
+    transformer = _fresh(model_cache)
+    kwargs, _ = CalibrationSet.load(calib_dir).batch([0, 1, 2])
+    with torch.no_grad():
+        state = embed(transformer, kwargs)
+        block = flux_blocks(transformer)[0]  # a double block: image and text attention outputs
+        teacher = copy.deepcopy(block)
+        pred, loss = attention_loss(block, teacher, state)
+        torch.testing.assert_close(pred.hidden, run_block(teacher, state).hidden)
+        assert loss.item() == 0.0
+        block.attn.to_out[0].weight.mul_(2)  # the image stream's attention output doubles, the text stream's not:
+        block.attn.to_out[0].bias.mul_(2)  # relative MSE |2a - a|^2 / |a|^2 = 1, plus 0
+        _, loss = attention_loss(block, teacher, state)
+    assert loss.item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_attention_targeted_stage_one_trains_and_stays_ternary(model_cache, calib_dir):
+    transformer = _fresh(model_cache)
+    opts = DistillConfig(block_steps=20, e2e_steps=0, attn_loss_weight=1.0)
+    report = quantize_(transformer, TernaryConfig("distill", "channel", distill=opts), CalibrationSet.load(calib_dir),
+                       batch_size=4)
+    assert all(b["loss_final"] < b["loss_init"] for b in report.distill_blocks)
+    layers = [m for m in transformer.modules() if isinstance(m, TernaryLinear)]
+    assert len(layers) == 40 and all(set(m.codes().unique().tolist()) <= {-1, 0, 1} for m in layers)
+    with pytest.raises(ValueError, match="attn_loss_weight"):
+        DistillConfig(attn_loss_weight=-1.0)

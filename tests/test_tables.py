@@ -16,6 +16,7 @@ from flux158.report.tables import (
     latency_table,
     load_paper_numbers,
     methods_table,
+    tags_table,
     to_markdown,
     write_table,
 )
@@ -150,6 +151,42 @@ def test_fig_2_storage_and_the_method_table_join_quantize_evaluate_and_fidelity(
     picked = methods[["quant", "method", "score", "psnr", "lpips", "storage_ratio", "output_rel_mse"]]
     assert picked.astype(object).where(picked.notna(), None).values.tolist() == [
         ["bf16", "bf16", 0.66, None, None, None, None], ["absmean", "absmean", 0.5, 20.0, 0.3, 7.7, 0.25]]
+
+
+def test_method_table_tells_two_runs_of_one_method_apart_and_carries_their_intervals():
+    def quantize(seed, seconds, mse):
+        return {"model": "toyworld", "quant": "distill", "method": "distill", "layers": {},
+                "metrics": {"ratio_2bit": 7.1, "weight_sqnr_db_mean": 9.0, "output_rel_mse": mse,
+                            "seconds": seconds}}
+
+    def settings(seed):
+        return {"_target_": "flux158.quant.TernaryConfig", "method": "distill",
+                "distill": {"_target_": "x", "seed": seed, "block_steps": 2000}}
+
+    kept = {"overall": {"retention": {"estimate": 0.9, "low": 0.8, "high": 1.0},
+                        "difference": {"estimate": -0.05, "low": -0.1, "high": 0.0}}}
+    results = results_from_json([
+        (quantize(1, 50.0, 0.02), "/o/quantize/toyworld-distill-bbbb/metrics.json"),
+        (quantize(0, 40.0, 0.01), "/o/quantize/toyworld-distill-aaaa/metrics.json"),
+        (_evaluate("toyworld", "bf16", "toyworld", {"counting": 0.4, "overall": 0.5}, "h0",
+                   intervals={"counting": [0.3, 0.5], "overall": [0.48, 0.52], "level": 0.95}), "e0"),
+        (_evaluate("toyworld", "distill", "toyworld", {"counting": 0.3, "overall": 0.45}, "h1",
+                   quant_settings=settings(0), quantize_dir="/o/quantize/toyworld-distill-aaaa",
+                   intervals={"counting": [0.2, 0.4], "overall": [0.43, 0.47]}, retention_vs_bf16=kept), "e1"),
+        (_evaluate("toyworld", "distill", "toyworld", {"overall": 0.40}, "h2",
+                   quant_settings=settings(1), quantize_dir="/o/quantize/toyworld-distill-bbbb"), "e2")])
+    methods = methods_table(results)
+    picked = methods[["quant", "score", "score_low", "score_high", "retention", "retention_low", "output_rel_mse",
+                      "quantize_s"]]
+    assert picked.astype(object).where(picked.notna(), None).values.tolist() == [
+        ["bf16", 0.5, 0.48, 0.52, None, None, None, None],
+        ["distill (seed=0)", 0.45, 0.43, 0.47, 0.9, 0.8, 0.01, 40.0],
+        ["distill (seed=1)", 0.40, None, None, None, None, 0.02, 50.0]]
+    tags = tags_table(results)
+    assert tags[["quant", "tag", "score", "score_low", "retention"]].astype(object).where(
+        tags.notna(), None).values.tolist() == [
+        ["bf16", "counting", 0.4, 0.3, None], ["bf16", "overall", 0.5, 0.48, None],
+        ["distill", "counting", 0.3, 0.2, None], ["distill", "overall", 0.45, 0.43, 0.9]]
 
 
 def test_experiment_paper_tables_from_disk_and_from_wandb(compose, tmp_path, monkeypatch):

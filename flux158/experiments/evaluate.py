@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from flux158.artifacts import atomic_write, atomic_write_text, is_done
 from flux158.errors import Flux158Error
@@ -132,11 +132,24 @@ def _retention_vs_bf16(cfg: DictConfig, rows: list[dict]) -> dict | None:
     return {**comparison_json(comparison, resamples, 0.95), "reference_dir": str(reference)}
 
 
+def _quantized_with(cfg: DictConfig) -> dict:
+    """The quantization settings behind the images, and the quantize directory whose `metrics.json` measured the
+    checkpoint (absent for BF16 and for a user-supplied checkpoint), so tables can tell apart two `distill` runs."""
+    if cfg.quant.get("config") is None:
+        return {}
+    settings = {"quant_settings": OmegaConf.to_container(cfg.quant.config, resolve=True)}
+    if not cfg.quant.get("checkpoint"):
+        settings["quantize_dir"] = str(artifact_dirs.quantize_artifact(cfg)[0])
+    return settings
+
+
 def _backfill(cfg: DictConfig, images: Path, out: Path) -> None:
     """Add what a finished evaluation lacks: its intervals (evaluations older than them), and the fidelity and
     retention to BF16 once the BF16 results exist (in a parallel sweep the quantized jobs may finish first)."""
     metrics = json.loads((out / "metrics.json").read_text())
     rows, added = _read_rows(out), []
+    if (quantized_with := _quantized_with(cfg)) and "quant_settings" not in metrics:
+        metrics, _ = metrics | quantized_with, added.append("quantization settings")
     if "intervals" not in metrics and (intervals := _intervals(cfg, rows)) is not None:
         metrics["intervals"], _ = intervals, added.append("intervals")
     if "retention_vs_bf16" not in metrics and (retention := _retention_vs_bf16(cfg, rows)) is not None:
@@ -167,7 +180,7 @@ def run(cfg: DictConfig) -> Path:
     metrics = {
         "model": cfg.model.name, "quant": cfg.quant.name, "benchmark": cfg.benchmark.name,
         "config_hash": out.name.rsplit("-", 1)[-1], "images_dir": str(images), "num_images": len(rows),
-        **provenance.environment(), "metrics": scores,
+        **_quantized_with(cfg), **provenance.environment(), "metrics": scores,
         "evaluator": evaluator,
     }
     for key, value in (("intervals", intervals), ("retention_vs_bf16", retention),

@@ -27,6 +27,7 @@ from flux158.report.tables import (
     latency_table,
     load_paper_numbers,
     methods_table,
+    tags_table,
     write_table,
 )
 
@@ -91,7 +92,10 @@ def run(cfg: DictConfig) -> Path:
         "fig2_efficiency": (efficiency_table(results, paper), paper["efficiency"]["caption"], 2,
                             f"Paper: {paper['efficiency']['note']}"),
         "methods": (methods_table(results), "Quantization methods: storage, error, fidelity to BF16 and scores", 4,
-                    None),
+                    "Score and retention (score / BF16 score) with 95 % bootstrap intervals over prompts where the "
+                    "benchmark gives pass/fail rows."),
+        "methods_by_tag": (tags_table(results), "Scores per tag with 95 % intervals, and retention of BF16's", 3,
+                           None),
     }
     pages = [f"# Paper tables\n\nFrom {len(results)} metrics.json files; paper numbers: {paper['source']}.\n"]
     for stem, (df, caption, digits, note) in tables.items():

@@ -68,6 +68,9 @@ class DistillConfig:
         grad_clip: gradient-norm clip.
         ste_clip: latent weights pass gradient while |w / scale| < ste_clip (ParetoQ-style wide band).
         txt_weight_last: loss weight of the text stream of the last single block (FLUX discards it).
+        attn_loss_weight: stage 1 adds this times the relative MSE between the block's attention outputs and
+            those of the full-precision block on the same inputs (attention-targeted distillation, quant_next.md
+            D4: ternary attention costs the toy score the most). One extra FP forward per step; 0 = off.
         seed: the order calibration rows are drawn in.
     """
 
@@ -85,11 +88,14 @@ class DistillConfig:
     grad_clip: float = 0.3
     ste_clip: float = 1.49
     txt_weight_last: float = 0.0
+    attn_loss_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.block_steps < 0 or self.e2e_steps < 0 or self.batch_size < 1:
             raise ValueError("block_steps and e2e_steps must be >= 0 and batch_size >= 1")
+        if self.attn_loss_weight < 0:
+            raise ValueError(f"attn_loss_weight must be >= 0, got {self.attn_loss_weight}")
         if self.ste_clip <= 0.5:
             raise ValueError("ste_clip must exceed 0.5 (the rounding threshold), e.g. 1.49")
         bands = tuple((float(upper), float(weight)) for upper, weight in self.e2e_sigma_weights)

@@ -11,6 +11,8 @@ gradients are averaged (data parallel); the processes stay bit-identical, so any
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import math
 from collections.abc import Iterator
@@ -167,6 +169,31 @@ def block_loss(pred: BlockState, target: BlockState, txt_weight: float) -> torch
     return loss + txt_weight * _rel_mse(pred.encoder, target.encoder) if txt_weight else loss
 
 
+@contextlib.contextmanager
+def _captured(module: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """The tensors `module` returns (one, or each of a tuple) while the context is open."""
+    outputs: list[torch.Tensor] = []
+
+    def hook(_module, _args, output):
+        outputs.extend(output if isinstance(output, tuple) else (output,))
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
+def attention_loss(student: nn.Module, teacher: nn.Module, state: BlockState) -> tuple[BlockState, torch.Tensor]:
+    """Run `student` on `state`; return its output and the relative MSE of its attention outputs (image and text
+    streams, summed) against those of the full-precision `teacher` block on the same inputs."""
+    with _captured(student.attn) as mine:
+        pred = run_block(student, state)
+    with torch.no_grad(), _captured(teacher.attn) as theirs:
+        run_block(teacher, state)
+    return pred, sum(_rel_mse(a, b) for a, b in zip(mine, theirs, strict=True))
+
+
 def _param_groups(modules: dict[str, STETernaryLinear], lr_weight: float, lr_scale: float,
                   lr_bias: float) -> list[dict]:
     groups = []
@@ -192,6 +219,7 @@ def distill_block(config: TernaryConfig, device: torch.device | str, num_blocks:
         txt_weight = opts.txt_weight_last if index == num_blocks - 1 else 1.0
         names = linear_names(block)
         originals = {n: block.get_submodule(n) for n in names}
+        teacher = copy.deepcopy(block).requires_grad_(False) if opts.attn_loss_weight and opts.block_steps else None
         students = {n: STETernaryLinear.from_linear(originals[n], opts.ste_clip).to(device) for n in names}
         for n, m in students.items():
             replace_module(block, n, m)
@@ -201,6 +229,12 @@ def distill_block(config: TernaryConfig, device: torch.device | str, num_blocks:
 
         def loss_on(i: torch.Tensor) -> torch.Tensor:
             return block_loss(run_block(block, inputs.rows(i).to(device)), targets.rows(i).to(device), txt_weight)
+
+        def training_loss(i: torch.Tensor) -> torch.Tensor:
+            if teacher is None:
+                return loss_on(i)
+            pred, attn = attention_loss(block, teacher, inputs.rows(i).to(device))
+            return block_loss(pred, targets.rows(i).to(device), txt_weight) + opts.attn_loss_weight * attn
 
         def full_loss() -> float:
             with torch.no_grad():
@@ -219,7 +253,7 @@ def distill_block(config: TernaryConfig, device: torch.device | str, num_blocks:
             seed = opts.seed + index + 1_000_003 * rank
             rows = _row_sampler(total, opts.batch_size, torch.Generator().manual_seed(seed))
             for step in range(opts.block_steps):
-                _update(optimizer, base, step, opts.block_steps, loss_on(next(rows)), params, students,
+                _update(optimizer, base, step, opts.block_steps, training_loss(next(rows)), params, students,
                         opts.grad_clip)
             for p in frozen:
                 p.requires_grad_(True)

@@ -48,7 +48,8 @@ def result_from_json(obj: Mapping[str, Any], source: str = "") -> Result | None:
     if kind is None:
         return None
     extra = {k: obj[k] for k in ("method", "evaluator", "fidelity_to_bf16", "images_dir", "smoke", "settings",
-                                 "weights", "num_images", "measured_at") if k in obj}
+                                 "weights", "num_images", "measured_at", "intervals", "retention_vs_bf16",
+                                 "quant_settings", "quantize_dir") if k in obj}
     return Result(kind, str(obj["model"]), str(obj.get("quant", "")), obj.get("benchmark"), obj["metrics"],
                   obj.get("gpu"), obj.get("config_hash"), source, extra)
 

@@ -39,13 +39,32 @@ def _ours(results: Sequence[Result], kind: str, benchmark: str | None = None) ->
     return sorted(chosen, key=lambda r: (r.model, r.quant != "bf16", r.quant, r.config_hash or ""))
 
 
+def _flat(settings: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(settings, Mapping):
+        return {prefix: settings}
+    return {k: v for key, value in settings.items() if key != "_target_"
+            for k, v in _flat(value, f"{prefix}.{key}" if prefix else str(key)).items()}
+
+
 def _quant_labels(results: Sequence[Result]) -> list[str]:
-    """The quant name, with the config hash where one (model, quant, benchmark) has several results."""
-    counts: dict[tuple, int] = {}
+    """The quant name; where one (model, quant, benchmark) has several results, followed by the quantization
+    settings in which they differ (`distill (seed=1)`), or by the config hash when no recorded setting does."""
+    groups: dict[tuple, list[Result]] = {}
     for r in results:
-        counts[(r.model, r.quant, r.benchmark)] = counts.get((r.model, r.quant, r.benchmark), 0) + 1
-    return [f"{r.quant} ({r.config_hash})" if counts[(r.model, r.quant, r.benchmark)] > 1 else r.quant
-            for r in results]
+        groups.setdefault((r.model, r.quant, r.benchmark), []).append(r)
+    labels = []
+    for r in results:
+        group = groups[(r.model, r.quant, r.benchmark)]
+        if len(group) == 1:
+            labels.append(r.quant)
+            continue
+        flat = [_flat(g.extra.get("quant_settings") or {}) for g in group]
+        keys = sorted({k for f in flat for k in f})
+        differing = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
+        mine = _flat(r.extra.get("quant_settings") or {})
+        shown = ", ".join(f"{k.rsplit('.', 1)[-1]}={mine.get(k)}" for k in differing)
+        labels.append(f"{r.quant} ({shown})" if shown else f"{r.quant} ({r.config_hash})")
+    return labels
 
 
 def benchmark_table(results: Sequence[Result], benchmark: str, paper: Mapping[str, Any]) -> pd.DataFrame:
@@ -134,27 +153,70 @@ def efficiency_table(results: Sequence[Result], paper: Mapping[str, Any]) -> pd.
                                        "paper_ratio"])
 
 
+def _quantize_result(results: Sequence[Result], evaluated: Result) -> Result | None:
+    """The quantize stage's record of the checkpoint behind `evaluated`: by the quantize directory the evaluation
+    recorded, else the only quantize record of its (model, quant)."""
+    quantized = [r for r in results if r.kind == "quantize" and (r.model, r.quant) == (evaluated.model,
+                                                                                       evaluated.quant)]
+    if directory := evaluated.extra.get("quantize_dir"):
+        return next((q for q in quantized if q.source and Path(q.source).parent == Path(directory)), None)
+    return quantized[0] if len(quantized) == 1 else None
+
+
+def _interval(block: Mapping[str, Any] | None, key: str) -> tuple[float | None, float | None]:
+    value = (block or {}).get(key)
+    return (_number(value[0]), _number(value[1])) if isinstance(value, Sequence) and len(value) == 2 else (None, None)
+
+
+def _retention(result: Result, tag: str) -> dict[str, float | None]:
+    kept = ((result.extra.get("retention_vs_bf16") or {}).get(tag) or {}).get("retention") or {}
+    return {"retention": _number(kept.get("estimate")), "retention_low": _number(kept.get("low")),
+            "retention_high": _number(kept.get("high"))}
+
+
 def methods_table(results: Sequence[Result]) -> pd.DataFrame:
-    """One row per evaluated (model, quant, benchmark): the method, its storage ratio and weight/output error from
-    the quantize stage, the benchmark's headline score, and fidelity to the BF16 images on the same seeds."""
-    quantized = {(r.model, r.quant): r for r in results if r.kind == "quantize"}
+    """One row per evaluated (model, quant settings, benchmark): the method, the benchmark's headline score with
+    its 95 % interval, the score as a fraction of BF16's (paired interval), fidelity to the BF16 images on the same
+    seeds, and from the quantize stage the storage ratio, weight and output error and quantization time."""
     rows = []
     evaluated = _ours(results, "evaluate")
     for r, quant in zip(evaluated, _quant_labels(evaluated), strict=True):
-        q = quantized.get((r.model, r.quant))
+        q = _quantize_result(results, r) if r.quant != "bf16" else None
         fidelity = r.extra.get("fidelity_to_bf16") or {}
-        score = next((_number(r.metrics[k]) for k in HEADLINE if k in r.metrics), None)
+        headline = next((k for k in HEADLINE if k in r.metrics), None)
+        low, high = _interval(r.extra.get("intervals"), headline) if headline else (None, None)
         rows.append({"model": r.model, "quant": quant, "method": q.extra.get("method") if q else (
                          "bf16" if r.quant == "bf16" else None),
-                     "benchmark": r.benchmark, "score": score,
+                     "benchmark": r.benchmark, "score": _number(r.metrics.get(headline)) if headline else None,
+                     "score_low": low, "score_high": high,
+                     **(_retention(r, headline) if headline else {}),
                      **{k: _number(fidelity.get(k)) for k in FIDELITY},
                      "storage_ratio": _number(q.metrics.get("ratio_2bit")) if q else None,
                      "weight_sqnr_db": _number(q.metrics.get("weight_sqnr_db_mean")) if q else None,
-                     "output_rel_mse": _number(q.metrics.get("output_rel_mse")) if q else None})
-    columns = ["model", "quant", "method", "benchmark", "score", *FIDELITY, "storage_ratio", "weight_sqnr_db",
-               "output_rel_mse"]
+                     "output_rel_mse": _number(q.metrics.get("output_rel_mse")) if q else None,
+                     "quantize_s": _number(q.metrics.get("seconds")) if q else None})
+    columns = ["model", "quant", "method", "benchmark", "score", "score_low", "score_high", "retention",
+               "retention_low", "retention_high", *FIDELITY, "storage_ratio", "weight_sqnr_db", "output_rel_mse",
+               "quantize_s"]
     return pd.DataFrame(rows, columns=columns).sort_values(["model", "benchmark"], kind="stable",
                                                            ignore_index=True)
+
+
+def tags_table(results: Sequence[Result]) -> pd.DataFrame:
+    """Long form, one row per evaluated result and tag (category) with an interval: the score with its 95 %
+    interval and, for quantized models, the fraction of BF16's score kept (paired interval)."""
+    rows = []
+    evaluated = [r for r in _ours(results, "evaluate") if r.extra.get("intervals")]
+    for r, quant in zip(evaluated, _quant_labels(evaluated), strict=True):
+        for tag in r.metrics:
+            low, high = _interval(r.extra["intervals"], tag)
+            if low is None:
+                continue
+            rows.append({"model": r.model, "quant": quant, "benchmark": r.benchmark, "tag": tag,
+                         "score": _number(r.metrics[tag]), "score_low": low, "score_high": high,
+                         **_retention(r, tag)})
+    return pd.DataFrame(rows, columns=["model", "quant", "benchmark", "tag", "score", "score_low", "score_high",
+                                       "retention", "retention_low", "retention_high"])
 
 
 def _cell(value: Any, digits: int, signed: bool) -> str:
