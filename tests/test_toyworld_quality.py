@@ -1,31 +1,78 @@
-"""The quality gate on the toy world (slow: ~15 min on 2 CPU cores): calibrated ternary methods keep the picture,
-naive absmean collapses. Run with `pytest -m slow tests/test_toyworld_quality.py`."""
+"""The quality gate on the toy world. Fast (default suite): `distill` on a short schedule beats naive absmean on the
+toy score by a clear margin. Slow (`pytest -m slow tests/test_toyworld_quality.py`, ~30 min on 2 CPU cores): the
+full benchmark (2,400 images per model) against the bar measured in docs/toyworld.md."""
 
 import json
 
 import pytest
 
 from conftest import run_cli
+from flux158.experiments import calibrate, evaluate, generate, quantize
 
-FP_OVERALL = 0.463  # the committed toy model's toy-GenEval score (measured; asserted below too)
+SHORT = ("logger=none", "benchmark.per_tag=8", "benchmark.samples_per_prompt=1", "calib.num_prompts=32",
+         "calib.heldout=8", "calib.states_per_prompt=2")
+SHORT_DISTILL = ("quant.config.distill.block_steps=100", "quant.config.distill.e2e_steps=50")
+
+
+def test_short_schedule_distill_beats_absmean_on_the_toy_score(compose):
+    overall = {}
+    for quant in ("bf16", "absmean", "distill"):
+        cfg = compose(*SHORT, f"quant={quant}", *(SHORT_DISTILL if quant == "distill" else ()))
+        for stage in (calibrate, quantize, generate):
+            stage.run(cfg)
+        metrics = json.loads((evaluate.run(cfg) / "metrics.json").read_text())
+        overall[quant] = metrics["metrics"]["overall"]
+        if quant == "distill":
+            difference = metrics["retention_vs_bf16"]["overall"]["difference"]
+    assert overall["absmean"] < 0.05, overall  # noise, on 48 images
+    assert overall["distill"] >= overall["absmean"] + 0.08, overall  # measured: FILL
+    # the paired comparison was made against these BF16 images
+    assert difference["estimate"] == pytest.approx(overall["distill"] - overall["bf16"])
+
+
+# The bar, from the full benchmark's measured 95 % intervals (docs/toyworld.md, 2026-12-05). FILL
+FP_INTERVAL = (0.35, 0.43)  # BF16 overall, measured 0.390 [0.374, 0.408]; widened for float rounding order
+DISTILL_RETENTION_FLOOR = 0.65  # the lower end of distill's measured retention interval, less a margin
+TARGET_RETENTION, TARGET_TAG_RETENTION = 0.90, 0.75  # issue 17's goal: not met yet
+
+
+def _full_run(tmp_path, quants: str) -> dict[str, dict]:
+    env = {"FLUX158_OUTPUT_DIR": str(tmp_path)}
+    proc = run_cli("-m", f"quant={quants}", "logger=none", env=env, timeout=5400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    found = {}
+    for quant in quants.split(","):
+        (path,) = (tmp_path / "evaluate" / "toyworld").glob(f"toyworld-{quant}-*/metrics.json")
+        found[quant] = json.loads(path.read_text())
+        if quant != "bf16":
+            (qpath,) = (tmp_path / "quantize").glob(f"toyworld-{quant}-*/metrics.json")
+            found[quant]["quantize"] = json.loads(qpath.read_text())["metrics"]
+    return found
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    return _full_run(tmp_path_factory.mktemp("toy"), "bf16,absmean,gptq,distill")
 
 
 @pytest.mark.slow
-def test_distill_keeps_the_toy_world_where_absmean_collapses(tmp_path):
-    env = {"FLUX158_OUTPUT_DIR": str(tmp_path)}
-    proc = run_cli("-m", "quant=bf16,absmean,gptq,distill", "logger=none", env=env, timeout=3600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    overall, output_error = {}, {}
-    for quant in ("bf16", "absmean", "gptq", "distill"):
-        (metrics,) = (tmp_path / "evaluate" / "toyworld").glob(f"toyworld-{quant}-*/metrics.json")
-        overall[quant] = json.loads(metrics.read_text())["metrics"]["overall"]
-        if quant != "bf16":
-            (qmetrics,) = (tmp_path / "quantize").glob(f"toyworld-{quant}-*/metrics.json")
-            output_error[quant] = json.loads(qmetrics.read_text())["metrics"]["output_rel_mse"]
-    assert overall["bf16"] == pytest.approx(FP_OVERALL, abs=0.01)
-    assert overall["absmean"] < 0.05  # noise
-    assert output_error["distill"] < 0.5 * output_error["gptq"] and output_error["gptq"] < 0.2 * output_error["absmean"]
-    # The toy score of the same distillation moves with float rounding order: 0.366 before the kernels' reference
-    # path applied the scale after the matmul (49fa614), 0.321 after, at the same held-out output error (0.019).
-    # The gate sits below that spread; the output-error checks above are the sharp ones.
-    assert overall["distill"] >= 0.65 * overall["bf16"], overall
+def test_distill_keeps_the_toy_world_where_absmean_collapses(full_run):
+    fp = full_run["bf16"]
+    assert FP_INTERVAL[0] <= fp["metrics"]["overall"] <= FP_INTERVAL[1]
+    low, high = fp["intervals"]["overall"]
+    assert high - low <= 0.04  # the benchmark's resolution: half-width <= 0.02
+    assert full_run["absmean"]["metrics"]["overall"] < 0.05
+    error = {q: full_run[q]["quantize"]["output_rel_mse"] for q in ("absmean", "gptq", "distill")}
+    assert error["distill"] < 0.5 * error["gptq"] and error["gptq"] < 0.2 * error["absmean"]
+    kept = full_run["distill"]["retention_vs_bf16"]["overall"]["retention"]
+    assert kept["estimate"] >= DISTILL_RETENTION_FLOOR, kept
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 17's bar (90 % overall, 75 % per tag) is not reached yet: "
+                                       "docs/toyworld.md has the measured retention")
+def test_distill_reaches_the_issue_17_bar(full_run):
+    retention = full_run["distill"]["retention_vs_bf16"]
+    assert retention["overall"]["retention"]["estimate"] >= TARGET_RETENTION
+    tags = [t for t in full_run["bf16"]["metrics"] if t != "overall"]
+    assert all(retention[t]["retention"]["estimate"] >= TARGET_TAG_RETENTION for t in tags), retention

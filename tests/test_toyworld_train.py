@@ -67,3 +67,17 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "checkpoints" / "step-0000002" / "optimizer.safetensors").write_bytes(b"garbage")
     with pytest.raises(Flux158Error, match="corrupt"):
         train_toyworld(SPEC, CONFIG, tmp_path, prompts, progress=False)
+
+
+def test_the_larger_toy_model_has_at_least_four_times_the_parameters(compose):
+    from hydra.utils import instantiate
+
+    from flux158.toyworld.model import build_transformer
+
+    def params(experiment: str) -> int:
+        spec = instantiate(compose(f"experiment={experiment}").toyworld.spec)
+        return sum(p.numel() for p in build_transformer(spec).parameters())
+
+    small, large = params("toyworld_train"), params("toyworld_train_large")
+    assert small == 1_810_096  # the committed model's transformer (its training_config.yaml)
+    assert large >= 4 * small
