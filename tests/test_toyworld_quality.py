@@ -30,9 +30,13 @@ def test_short_schedule_distill_beats_absmean_on_the_toy_score(compose):
     assert difference["estimate"] == pytest.approx(overall["distill"] - overall["bf16"])
 
 
-# The bar, from the full benchmark's measured 95 % intervals (docs/toyworld.md, 2026-12-05). FILL
-FP_INTERVAL = (0.35, 0.43)  # BF16 overall, measured 0.390 [0.374, 0.408]; widened for float rounding order
-DISTILL_RETENTION_FLOOR = 0.65  # the lower end of distill's measured retention interval, less a margin
+# The floors, from the full benchmark's measured 95 % intervals (docs/toyworld.md, 2026-12-05): the lower ends of
+# distill's retention intervals (seeds 0 and 1: 75.3 % [70.9, 79.8], 76.7 % [72.7, 80.9]), less a small margin for
+# float rounding order, which has moved this score before. Position and color attribute have no floor: FP scores
+# 0.15 and 0.06 there, and their retention intervals span 50-133 %.
+FP_INTERVAL = (0.35, 0.43)  # BF16 overall, measured 0.390 [0.374, 0.408]
+DISTILL_RETENTION_FLOOR = 0.68
+TAG_RETENTION_FLOORS = {"single_object": 0.70, "two_object": 0.60, "counting": 0.40, "colors": 0.62}
 TARGET_RETENTION, TARGET_TAG_RETENTION = 0.90, 0.75  # issue 17's goal: not met yet
 
 
@@ -64,8 +68,10 @@ def test_distill_keeps_the_toy_world_where_absmean_collapses(full_run):
     assert full_run["absmean"]["metrics"]["overall"] < 0.05
     error = {q: full_run[q]["quantize"]["output_rel_mse"] for q in ("absmean", "gptq", "distill")}
     assert error["distill"] < 0.5 * error["gptq"] and error["gptq"] < 0.2 * error["absmean"]
-    kept = full_run["distill"]["retention_vs_bf16"]["overall"]["retention"]
-    assert kept["estimate"] >= DISTILL_RETENTION_FLOOR, kept
+    retention = full_run["distill"]["retention_vs_bf16"]
+    assert retention["overall"]["retention"]["estimate"] >= DISTILL_RETENTION_FLOOR, retention["overall"]
+    for tag, floor in TAG_RETENTION_FLOORS.items():
+        assert retention[tag]["retention"]["estimate"] >= floor, (tag, retention[tag])
 
 
 @pytest.mark.slow

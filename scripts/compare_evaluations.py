@@ -1,0 +1,47 @@
+"""Paired differences between evaluations of the same prompts and seeds (e.g. two `distill` variants on the toy
+world): each folder's score minus the reference's, per tag and overall, with 95 % bootstrap intervals.
+
+    python scripts/compare_evaluations.py outputs/evaluate/toyworld/toyworld-distill-<a> \\
+        outputs/evaluate/toyworld/toyworld-distill-<b> [...]
+
+The first folder is the reference. Pairing removes the prompts' shared difficulty, so these intervals are much
+narrower than the difference of two unpaired intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from flux158.eval.intervals import paired_comparison
+
+
+def _rows(folder: Path) -> list[dict]:
+    path = folder / "results.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"{folder}: no results.jsonl (not an evaluate folder, or not finished)")
+    return pd.read_json(path, lines=True).to_dict("records")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("reference", type=Path)
+    parser.add_argument("others", type=Path, nargs="+")
+    parser.add_argument("--resamples", type=int, default=10_000)
+    args = parser.parse_args()
+    reference = _rows(args.reference)
+    for folder in args.others:
+        try:
+            comparison = paired_comparison(_rows(folder), reference, args.resamples)
+        except ValueError as e:
+            raise SystemExit(f"{folder} vs {args.reference}: {e}") from None
+        print(f"{folder.name} - {args.reference.name}")
+        for tag, parts in comparison.items():
+            d = parts["difference"]
+            print(f"  {tag:<14} {d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]")
+
+
+if __name__ == "__main__":
+    main()
