@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 
@@ -17,6 +18,7 @@ from flux158.experiments import (
     latency,
     provenance,
     quantize,
+    rehearsal,
     storage,
     tables,
     toyworld_train,
@@ -26,6 +28,7 @@ log = logging.getLogger("flux158")
 
 STAGES = {"calibrate": calibrate.run, "quantize": quantize.run, "generate": generate.run, "evaluate": evaluate.run,
           "train_toyworld": toyworld_train.run, "storage": storage.run, "latency": latency.run, "tables": tables.run}
+STAGES["rehearsal"] = functools.partial(rehearsal.run, stages=STAGES)  # runs the others, measured
 
 
 def _describe_run(cfg: DictConfig) -> None:

@@ -5,24 +5,16 @@ warm-up."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from flux158.kernels import graph_timed_calls
-from flux158.models.hub import (
-    FLUX1_DEV_CLIP_CONFIG,
-    FLUX1_DEV_SCHEDULER_CONFIG,
-    FLUX1_DEV_T5_CONFIG,
-    FLUX1_DEV_VAE_CONFIG,
-    meta_flux_transformer,
-)
-from flux158.models.tokenizers import build_clip_tokenizer, build_t5_tokenizer
+from flux158.models.random import random_pipeline, random_transformer
+
+__all__ = ["GraphedStep", "StepSettings", "StepTiming", "random_pipeline", "random_transformer", "time_steps",
+           "transformer_inputs"]
 
 
 @dataclass(frozen=True)
@@ -52,56 +44,6 @@ class StepTiming:
     weights_bytes: int | None = None
     peak_bytes: int | None = None
     error: str | None = None
-
-
-@contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def random_pipeline(transformer_config: dict, device: torch.device, dtype: torch.dtype, tokenizer_dir: Path,
-                    seed: int = 0, t5_config: dict = FLUX1_DEV_T5_CONFIG, clip_config: dict = FLUX1_DEV_CLIP_CONFIG,
-                    vae_config: dict = FLUX1_DEV_VAE_CONFIG) -> FluxPipeline:
-    """A `FluxPipeline` of these architectures (default FLUX.1-dev's) with random weights, built on `device` in
-    `dtype`: whole-pipeline memory needs the shapes, not the weights. The tokenizers are the locally built ones
-    (`flux158.models.tokenizers`, written to `tokenizer_dir`): CLIP's full BPE, and a small T5 vocabulary whose
-    ids fit any T5 embedding; prompts are padded to the same lengths as with the real ones."""
-    torch.manual_seed(seed)
-    clip_tok = build_clip_tokenizer(tokenizer_dir / "tokenizer", n_merges=48_894)  # the full 49,408 tokens
-    t5_tok = build_t5_tokenizer(tokenizer_dir / "tokenizer_2")
-    if len(clip_tok) > clip_config["vocab_size"] or len(t5_tok) > t5_config["vocab_size"]:
-        raise ValueError("the text encoders' vocabularies must hold the local tokenizers' ids")
-    with torch.device(device), _default_dtype(dtype):  # built in place and type: T5-XXL alone is 4.7B parameters
-        clip = CLIPTextModel(CLIPTextConfig(**clip_config, bos_token_id=clip_tok.bos_token_id,
-                                            eos_token_id=clip_tok.eos_token_id, pad_token_id=clip_tok.pad_token_id))
-        t5 = T5EncoderModel(T5Config(**t5_config))
-        vae = AutoencoderKL(**vae_config)
-    return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX1_DEV_SCHEDULER_CONFIG), vae=vae,
-                        text_encoder=clip.eval(), tokenizer=clip_tok, text_encoder_2=t5.eval(), tokenizer_2=t5_tok,
-                        transformer=random_transformer(transformer_config, device, dtype, seed))
-
-
-def random_transformer(config: dict, device: torch.device, dtype: torch.dtype, seed: int = 0
-                       ) -> FluxTransformer2DModel:
-    """A FLUX transformer of architecture `config` with random weights, allocated directly on `device` in
-    `dtype` (FLUX.1-dev's 12B in BF16 never exist in fp32). Linear weights ~ N(0, 0.02), norms 1, biases 0:
-    enough for timing, meaningless for images."""
-    model = meta_flux_transformer(config).to(dtype).to_empty(device=device)
-    g = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim > 1:
-                p.normal_(0.0, 0.02, generator=g)
-            elif "norm" in name and name.endswith("weight"):
-                p.fill_(1.0)
-            else:
-                p.zero_()
-    return model.eval()
 
 
 def transformer_inputs(config: dict, settings: StepSettings, device: torch.device, dtype: torch.dtype,

@@ -127,7 +127,7 @@ def test_gptq_and_distill_reduce_the_output_error(model_cache, calib_dir):
         assert len(report.layers) == len(report.quantized) == 40
         errors[name] = velocity_error(transformer, calib, 4)["rel_mse"]
         if name == "distill":  # stage 1 lowers every block's output error below its stage-0 (L2-optimal) init
-            assert all(b["loss_final"] < b["loss_init"] for b in report.distill_blocks)
+            assert all(b["loss_final"] < b["loss_init"] for b in report.blocks)
             assert report.e2e_losses[-1] < report.e2e_losses[0]
     print(errors)
     assert errors["distill"] < errors["gptq"] < errors["absmean"], errors
@@ -307,7 +307,7 @@ def test_attention_targeted_stage_one_trains_and_stays_ternary(model_cache, cali
     opts = DistillConfig(block_steps=20, e2e_steps=0, attn_loss_weight=1.0)
     report = quantize_(transformer, TernaryConfig("distill", "channel", distill=opts), CalibrationSet.load(calib_dir),
                        batch_size=4)
-    assert all(b["loss_final"] < b["loss_init"] for b in report.distill_blocks)
+    assert all(b["loss_final"] < b["loss_init"] for b in report.blocks)
     layers = [m for m in transformer.modules() if isinstance(m, TernaryLinear)]
     assert len(layers) == 40 and all(set(m.codes().unique().tolist()) <= {-1, 0, 1} for m in layers)
     with pytest.raises(ValueError, match="attn_loss_weight"):

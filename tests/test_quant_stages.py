@@ -61,7 +61,7 @@ def test_distill_stage_runs_and_a_rerun_reuses_its_checkpoint(tmp_path, model_ca
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (qdir,) = (tmp_path / "quantize").glob("tiny-distill-*")
     metrics = json.loads((qdir / "metrics.json").read_text())
-    blocks = metrics["distill_blocks"]
+    blocks = metrics["blocks"]
     assert len(blocks) == 4 and all(b["loss_final"] < b["loss_init"] for b in blocks)
     again = run_cli(*args, env=_env(tmp_path, model_cache))
     assert again.returncode == 0 and "checkpoint exists" in again.stdout + again.stderr
@@ -98,5 +98,5 @@ def test_distill_runs_data_parallel_under_torchrun(tmp_path, model_cache):
     assert "distill data-parallel over 2 processes" in text and "2 ranks hold identical weights" in text
     (qdir,) = (tmp_path / "quantize").glob("tiny-distill-*")
     metrics = json.loads((qdir / "metrics.json").read_text())
-    assert all(b["loss_final"] < b["loss_init"] for b in metrics["distill_blocks"])
+    assert all(b["loss_final"] < b["loss_init"] for b in metrics["blocks"])
     assert (qdir / ".done").exists() and not (qdir / "blocks").exists()

@@ -196,8 +196,11 @@ def test_experiment_paper_tables_from_disk_and_from_wandb(compose, tmp_path, mon
     _write(out_dir, "evaluate/t2i_compbench/flux_dev-bf16-1", _evaluate(
         "flux_dev", "bf16", "t2i_compbench", {"average": 0.6, "color": 0.75}))
     _write(out_dir, "latency/flux_dev-cuda", _latency("NVIDIA H100", [_row("bf16", 1024, 20_000, 23.5)]))
+    _write(out_dir, "evaluate/t2i_compbench/flux-dev-random-distill-2", _evaluate(  # a rehearsal's noise images
+        "flux-dev-random", "distill", "t2i_compbench", {"average": 0.1, "color": 0.2}, random_weights=True))
     cfg = compose("experiment=paper_tables", "logger=none")
     out = tables.run(cfg)
+    assert "random" not in (out / "index.md").read_text()  # refused: no table shows a random-weight model
     names = sorted(p.name for p in out.iterdir())
     for stem in ("table1_t2i_compbench", "table2_geneval", "table3_latency", "fig2_efficiency", "methods"):
         assert {f"{stem}.md", f"{stem}.tex", f"{stem}.csv"} <= set(names)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import yaml
@@ -63,9 +64,12 @@ def run(cfg: DictConfig) -> Path | None:
     if not (out / "config.yaml").exists():
         atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
     with tracking.track(cfg, "calibrate", resolve.shard_label(index, count)) as tracker:
-        written = {split: write_calibration(pipe, prompts[split], out, split, sampler, capture, index, count)
-                   for split in SPLITS}
-        tracker.summary({f"chunks_written_{k}": v for k, v in written.items()} | {"estimated_bytes": need})
+        start = time.perf_counter()
+        captured = {split: write_calibration(pipe, prompts[split], out, split, sampler, capture, index, count)
+                    for split in SPLITS}
+        tracker.summary({f"prompts_captured_{k}": v for k, v in captured.items()}
+                        | {"prompts_captured": sum(captured.values()), "states_per_prompt": capture.states_per_prompt,
+                           "seconds": time.perf_counter() - start, "estimated_bytes": need})
     resolve.wait_for_everyone()  # the next stage reads every rank's chunks
     if complete(out, prompts, capture):
         mark_done(out, {split: len(prompts[split]) for split in SPLITS})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -173,12 +174,15 @@ def run(cfg: DictConfig) -> Path:
         _backfill(cfg, images, out)
         log.info("evaluate: %s exists; nothing to do", out / "metrics.json")
         return out
+    start = time.perf_counter()
     rows, evaluator = _score(cfg, images)
+    scoring_seconds = time.perf_counter() - start
     scores = _summary(cfg, rows)
     fidelity = _fidelity_to_bf16(cfg, images, rows)
     intervals, retention = _intervals(cfg, rows), _retention_vs_bf16(cfg, rows)
     metrics = {
         "model": cfg.model.name, "quant": cfg.quant.name, "benchmark": cfg.benchmark.name,
+        **provenance.random_weights(cfg),
         "config_hash": out.name.rsplit("-", 1)[-1], "images_dir": str(images), "num_images": len(rows),
         **_quantized_with(cfg), **provenance.environment(), "metrics": scores,
         "evaluator": evaluator,
@@ -193,7 +197,7 @@ def run(cfg: DictConfig) -> Path:
                  lambda tmp: pd.DataFrame(rows).to_json(tmp, orient="records", lines=True))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # last: its presence means complete
     with tracking.track(cfg, "evaluate") as tracker:
-        tracker.summary(scores)
+        tracker.summary(scores | {"num_images": len(rows), "seconds": scoring_seconds})
         tracker.artifact(out / "metrics.json", f"metrics-{cfg.benchmark.name}-{cfg.model.name}-{cfg.quant.name}",
                          "results", metrics)
         sample = rows[:: max(1, len(rows) // cfg.logger.get("max_images", 16))][: cfg.logger.get("max_images", 16)]

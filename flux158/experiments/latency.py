@@ -23,16 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from flux158.artifacts import atomic_write_text, is_done, mark_done
 from flux158.errors import Flux158Error
 from flux158.experiments import artifact_dirs, pipeline, provenance, resolve, tracking
-from flux158.latency import (
-    StepSettings,
-    StepTiming,
-    random_pipeline,
-    random_transformer,
-    time_steps,
-    transformer_inputs,
-)
+from flux158.latency import StepSettings, StepTiming, time_steps, transformer_inputs
 from flux158.models import HubFluxSpec, parse_dtype
 from flux158.models.hub import FLUX1_DEV_TRANSFORMER_CONFIG
+from flux158.models.random import random_pipeline, random_transformer
 from flux158.modulation import modulation_tables
 from flux158.quant import TernaryConfig, TernaryLinear, quantize_, set_activations
 

@@ -61,3 +61,9 @@ def measured_with() -> dict[str, str | None]:
 def environment() -> dict[str, str]:
     return {"git_commit": git_commit(), "gpu": gpu_name(), "host": platform.node(),
             "python": platform.python_version(), "torch": torch.__version__}
+
+
+def random_weights(cfg) -> dict[str, bool]:
+    """`{"random_weights": True}` for a random-weight model (`model=flux_dev_random`): its results measure cost,
+    never quality, and the tables refuse them; else empty."""
+    return {"random_weights": True} if cfg.model.get("random_weights") else {}

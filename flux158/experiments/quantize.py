@@ -136,12 +136,14 @@ def _record(cfg: DictConfig, config: TernaryConfig, out: Path, transformer, repo
         "ratio_trit5": storage.ratio("trit5"), "seconds": seconds,
         **({f"output_{k}": v for k, v in error.items()} if error else {}),
     }
+    summary |= {f"{k}": v for k, v in report.timings.items()}
     if report.e2e_losses:
         summary["e2e_loss_first"], summary["e2e_loss_last"] = report.e2e_losses[0], report.e2e_losses[-1]
-    metrics = {"model": cfg.model.name, "quant": cfg.quant.name, "method": config.method,
+    metrics = {"model": cfg.model.name, **provenance.random_weights(cfg), "quant": cfg.quant.name,
+               "method": config.method,
                "config": _json_safe(asdict(config)), **provenance.environment(), "metrics": summary,
                "layers": {n: _json_safe(s.as_dict()) for n, s in report.layers.items()},
-               "distill_blocks": report.distill_blocks}
+               "blocks": report.blocks, "timings": report.timings}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     with tracking.track(cfg, "quantize") as tracker:
         tracker.summary(summary)

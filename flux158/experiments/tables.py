@@ -18,7 +18,7 @@ from flux158.errors import Flux158Error
 from flux158.eval.fidelity import comparison_grid
 from flux158.experiments import tracking
 from flux158.report.figures import efficiency_figure
-from flux158.report.records import Result, collect, results_from_json
+from flux158.report.records import Result, collect, results_from_json, without_random_weights
 from flux158.report.tables import (
     benchmark_table,
     efficiency_table,
@@ -78,7 +78,10 @@ def _grids(results: list[Result], out: Path, prompts_per_grid: int) -> list[Path
 
 def run(cfg: DictConfig) -> Path:
     out = Path(cfg.tables.out_dir)
-    results = _results(cfg, out)
+    results, refused = without_random_weights(_results(cfg, out))
+    if refused:
+        log.warning("tables: %d result(s) of random-weight models left out (they measure cost, not quality): %s",
+                    len(refused), ", ".join(sorted({f"{r.kind} {r.model}/{r.quant}" for r in refused})))
     kinds = {k: sum(r.kind == k for r in results) for k in ("evaluate", "latency", "storage", "quantize")}
     log.info("tables: %d results (%s)", len(results), ", ".join(f"{n} {k}" for k, n in kinds.items()))
     paper = load_paper_numbers()

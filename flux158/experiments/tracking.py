@@ -18,11 +18,29 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 
-class Tracker:
-    """Thin handle over a W&B run; every method is a no-op when tracking is disabled."""
+# Open `observed()` blocks: each receives the (stage, summary) pairs stages report, whether or not W&B is on.
+_observers: list[list[tuple[str, dict]]] = []
 
-    def __init__(self, run: Any | None = None) -> None:
+
+@contextmanager
+def observed() -> Iterator[list[tuple[str, dict]]]:
+    """Collect the summaries every stage reports while the block runs (the rehearsal reads its unit counts and
+    work seconds from them), in order, as (stage, values)."""
+    seen: list[tuple[str, dict]] = []
+    _observers.append(seen)
+    try:
+        yield seen
+    finally:
+        _observers.remove(seen)
+
+
+class Tracker:
+    """Thin handle over a W&B run; every method is a no-op when tracking is disabled (summaries still reach any
+    `observed()` block)."""
+
+    def __init__(self, run: Any | None = None, stage: str = "") -> None:
         self.run = run
+        self.stage = stage
 
     @property
     def enabled(self) -> bool:
@@ -39,6 +57,8 @@ class Tracker:
             self.run.log({key: wandb.Image(str(path), caption=caption)}, step=step)
 
     def summary(self, values: Mapping[str, Any]) -> None:
+        for seen in _observers:
+            seen.append((self.stage, dict(values)))
         if self.run is not None:
             self.run.summary.update(dict(values))
 
@@ -79,7 +99,7 @@ class Tracker:
 def track(cfg: DictConfig, stage: str, shard_label: str = "") -> Iterator[Tracker]:
     """Open one W&B run for `stage` (closed even when the stage fails) and yield its `Tracker`."""
     if not cfg.logger.get("enabled", False):
-        yield Tracker()
+        yield Tracker(stage=stage)
         return
     import wandb
 
@@ -101,7 +121,7 @@ def track(cfg: DictConfig, stage: str, shard_label: str = "") -> Iterator[Tracke
     log.info("W&B run %s (%s) in %s", name, cfg.logger.mode, Path(run.dir).parent)
     exit_code = 1
     try:
-        yield Tracker(run)
+        yield Tracker(run, stage)
         exit_code = 0
     finally:
         run.finish(exit_code=exit_code)

@@ -101,7 +101,7 @@ FLUX1_DEV_TRANSFORMER_CONFIG = {
 
 # The other components of black-forest-labs/FLUX.1-dev (architecture keys of text_encoder_2/, text_encoder/ and vae/
 # config.json): T5-v1.1-XXL's encoder, CLIP ViT-L/14's text tower and the 16-channel FLUX VAE. With the transformer's
-# they size a random-weight pipeline for whole-pipeline memory (`flux158.latency.random_pipeline`).
+# they size a random-weight pipeline for whole-pipeline memory (`flux158.models.random`).
 FLUX1_DEV_T5_CONFIG = {
     "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
     "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",

@@ -10,13 +10,14 @@ from diffusers import FluxPipeline, FluxTransformer2DModel
 
 from flux158.errors import ModelUnavailableError
 from flux158.models.hub import HubFluxSpec, resolve_pretrained
+from flux158.models.random import RandomFluxSpec, build_random_pipeline
 from flux158.models.tiny import TinyFluxSpec, ensure_tiny_pipeline
 from flux158.quant.checkpoint import is_quantized_checkpoint, load_quantized
 from flux158.toyworld.pipeline import ToyWorldPipeline, ToyWorldSource
 
 log = logging.getLogger(__name__)
 
-ModelSpec = HubFluxSpec | TinyFluxSpec | ToyWorldSource
+ModelSpec = HubFluxSpec | RandomFluxSpec | TinyFluxSpec | ToyWorldSource
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -28,6 +29,8 @@ def parse_dtype(name: str) -> torch.dtype:
 
 def pipeline_source(spec: ModelSpec, cache_dir: Path) -> str:
     """Where `FluxPipeline.from_pretrained` should read from; checks availability first (fails fast)."""
+    if isinstance(spec, RandomFluxSpec):
+        raise ValueError("a random-weight FLUX is built, not read: use load_pipeline")
     if isinstance(spec, TinyFluxSpec):
         return str(ensure_tiny_pipeline(spec, cache_dir))
     if isinstance(spec, ToyWorldSource):
@@ -54,24 +57,52 @@ def load_pipeline(
         transformer_path: a diffusers-format transformer directory (e.g. a quantized checkpoint) to use instead.
         cpu_offload: keep idle components on the CPU (`enable_model_cpu_offload`) for GPUs with little memory.
     """
+    if isinstance(spec, RandomFluxSpec):
+        return _load_random(spec, device, dtype, cache_dir, transformer_path, cpu_offload)
     source = pipeline_source(spec, cache_dir)
     kwargs = {"revision": spec.revision} if isinstance(spec, HubFluxSpec) and spec.revision else {}
     try:
-        if transformer_path is not None and is_quantized_checkpoint(transformer_path):
-            kwargs["transformer"] = load_quantized(transformer_path)
-        elif transformer_path is not None:
-            if not (Path(transformer_path) / "config.json").exists():
-                raise ModelUnavailableError(f"transformer override {transformer_path} has neither a config.json nor "
-                                            "a quantization.json")
-            kwargs["transformer"] = FluxTransformer2DModel.from_pretrained(transformer_path, dtype=dtype)
+        if transformer_path is not None:
+            kwargs["transformer"] = _transformer_override(transformer_path, dtype)
         pipeline_class = ToyWorldPipeline if isinstance(spec, ToyWorldSource) else FluxPipeline
         pipe = pipeline_class.from_pretrained(source, dtype=dtype, **kwargs)
     except OSError as e:  # missing or partially downloaded files
         raise ModelUnavailableError(f"Could not load the FLUX pipeline from {source}: {e}") from None
+    _place(pipe, device, cpu_offload)
+    log.info("Loaded FLUX pipeline from %s (%s, %s) on %s", source, type(spec).__name__, dtype, device)
+    return pipe
+
+
+def _transformer_override(transformer_path: Path, dtype: torch.dtype) -> FluxTransformer2DModel:
+    if is_quantized_checkpoint(transformer_path):
+        return load_quantized(transformer_path)
+    if not (Path(transformer_path) / "config.json").exists():
+        raise ModelUnavailableError(f"transformer override {transformer_path} has neither a config.json nor a "
+                                    "quantization.json")
+    return FluxTransformer2DModel.from_pretrained(transformer_path, dtype=dtype)
+
+
+def _place(pipe, device: str | torch.device, cpu_offload: bool) -> None:
     pipe.set_progress_bar_config(disable=True)
     if cpu_offload and torch.device(device).type == "cuda":
         pipe.enable_model_cpu_offload(device=device)
     else:
         pipe.to(device)
-    log.info("Loaded FLUX pipeline from %s (%s, %s) on %s", source, type(spec).__name__, dtype, device)
+
+
+def _load_random(spec: RandomFluxSpec, device: str | torch.device, dtype: torch.dtype, cache_dir: Path,
+                 transformer_path: Path | None, cpu_offload: bool) -> FluxPipeline:
+    """Build the random-weight pipeline where it will run (the host when offloading), with an optional transformer
+    checkpoint (a quantized one, made from this same random model) in place of the random transformer."""
+    build_on = torch.device("cpu") if cpu_offload else torch.device(device)
+    transformer = None
+    if transformer_path is not None:
+        try:
+            transformer = _transformer_override(transformer_path, dtype).to(build_on)
+        except OSError as e:
+            raise ModelUnavailableError(f"Could not load the transformer {transformer_path}: {e}") from None
+    pipe = build_random_pipeline(spec, build_on, dtype, cache_dir / "random-flux-tokenizers", transformer)
+    _place(pipe, device, cpu_offload)
+    log.info("Built a random-weight FLUX (%s architecture, seed %d, %s) on %s: images are noise", spec.architecture,
+             spec.seed, dtype, device)
     return pipe

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,16 +25,19 @@ BLOCK_TYPES = (FluxTransformerBlock, FluxSingleTransformerBlock)
 class QuantizationReport:
     """What `quantize_` changed: the replaced layers, the parameter counts and per-layer weight statistics.
 
-    `distill_blocks` holds per block the block-output error at the stage-0 init and after stage 1 (`distill`
-    only); `e2e_losses` the stage-2 training losses.
+    `blocks` holds a record per block of the block-wise methods: for `distill` the block-output error at the
+    stage-0 init and after stage 1 and the seconds of its training steps, for `gptq` the seconds of its solves;
+    `e2e_losses` the stage-2 training losses; `timings` the seconds of the block-wise pass and of stage 2, with the
+    row and step counts they cover (what a cost extrapolation needs).
     """
 
     quantized: list[str] = field(default_factory=list)
     quantized_params: int = 0
     total_params: int = 0
     layers: dict[str, LayerStats] = field(default_factory=dict)
-    distill_blocks: list[dict] = field(default_factory=list)
+    blocks: list[dict] = field(default_factory=list)
     e2e_losses: list[float] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def share(self) -> float:
@@ -92,17 +96,21 @@ def quantize_(transformer: nn.Module, config: TernaryConfig, calib=None, *, devi
         raise ValueError(f"method {config.method!r} needs calibration data (calib=CalibrationSet)")
 
     device = torch.device(device) if device is not None else next(transformer.parameters()).device
+    start = time.perf_counter()
     if config.method == "gptq":
         calib_rows = calib if config.gptq.max_rows is None else type(calib)(calib.records[:config.gptq.max_rows])
-        block_fn = gptq_block(config, device)
-        report.layers = quantize_blockwise(transformer, calib_rows, config, block_fn, batch_size=batch_size,
-                                           device=device, checkpoint_dir=checkpoint_dir, progress=progress)
+        block_fn = gptq_block(config, device, report.blocks)
     else:
-        block_fn = distill_block(config, device, len(flux_blocks(transformer)), report.distill_blocks)
-        report.layers = quantize_blockwise(transformer, calib, config, block_fn, batch_size=batch_size,
-                                           device=device, checkpoint_dir=checkpoint_dir, progress=progress)
-        if config.distill.e2e_steps:
-            report.e2e_losses = tune_end_to_end(transformer, calib, config, device, progress, checkpoint_dir)
+        calib_rows = calib
+        block_fn = distill_block(config, device, len(flux_blocks(transformer)), report.blocks)
+    report.layers = quantize_blockwise(transformer, calib_rows, config, block_fn, batch_size=batch_size,
+                                       device=device, checkpoint_dir=checkpoint_dir, progress=progress)
+    report.timings = {"blockwise_seconds": time.perf_counter() - start, "blockwise_rows": len(calib_rows),
+                      "blocks": len(flux_blocks(transformer))}
+    if config.method == "distill" and config.distill.e2e_steps:
+        start = time.perf_counter()
+        report.e2e_losses = tune_end_to_end(transformer, calib, config, device, progress, checkpoint_dir)
+        report.timings |= {"e2e_seconds": time.perf_counter() - start, "e2e_steps": config.distill.e2e_steps}
     return report
 
 

@@ -170,7 +170,7 @@ def estimate_bytes(pipe: Callable[..., object], prompt: str, sampler: SamplerSet
 def write_calibration(pipe: Callable[..., object], prompts: Sequence[str], directory: Path, split: str,
                       sampler: SamplerSettings, settings: CaptureSettings, shard_index: int = 0, shard_count: int = 1,
                       progress: bool = True) -> int:
-    """Capture this shard's missing chunks of `split` into `directory`; returns how many chunks were written.
+    """Capture this shard's missing chunks of `split` into `directory`; returns how many prompts were captured.
 
     The seed of prompt `i` (its position in `prompts`) and the steps kept for it depend only on
     (`base_seed`, split, i), so results do not depend on sharding, batching across chunks or resumption.
@@ -183,6 +183,7 @@ def write_calibration(pipe: Callable[..., object], prompts: Sequence[str], direc
     if len(todo) < len(chunks):
         log.info("calibration %s: %d of this shard's %d chunks already on disk", split, len(chunks) - len(todo),
                  len(chunks))
+    captured = 0
     for c in tqdm(todo, desc=f"calibrate {split}", unit="chunk", disable=not progress):
         indices = range(c * settings.chunk_size, min((c + 1) * settings.chunk_size, len(prompts)))
         keep = [chosen_steps(sampler.num_inference_steps, settings.states_per_prompt,
@@ -192,7 +193,8 @@ def write_calibration(pipe: Callable[..., object], prompts: Sequence[str], direc
         for r in records:
             r["prompt_index"] += indices.start
         save_records(records, chunk_path(directory, split, c), {"split": split, "chunk": str(c)})
-    return len(todo)
+        captured += len(indices)
+    return captured
 
 
 class CalibrationSet:

@@ -15,12 +15,14 @@ import contextlib
 import copy
 import logging
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers import FluxTransformer2DModel
+from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -211,7 +213,8 @@ def distill_block(config: TernaryConfig, device: torch.device | str, num_blocks:
                   history: list[dict] | None = None):
     """A `quantize_block` for `quantize_blockwise`: stage 0 + stage 1 on one block.
 
-    `history` (if given) receives per block the loss at the stage-0 init and after training, on all rows.
+    `history` (if given) receives per block the loss at the stage-0 init and after training, on all rows, the block's
+    kind (double or single), its training steps and their seconds.
     """
     opts, device = config.distill, torch.device(device)
 
@@ -241,6 +244,7 @@ def distill_block(config: TernaryConfig, device: torch.device | str, num_blocks:
                 return sum(loss_on(i).item() * len(i) for i in torch.arange(total).split(64)) / total
 
         before = full_loss()
+        started = time.perf_counter()
         if opts.block_steps:
             trainable = {id(p) for m in students.values() for p in m.parameters()}
             frozen = [p for p in block.parameters() if id(p) not in trainable]
@@ -257,9 +261,14 @@ def distill_block(config: TernaryConfig, device: torch.device | str, num_blocks:
                         opts.grad_clip)
             for p in frozen:
                 p.requires_grad_(True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds = time.perf_counter() - started
         after = full_loss()
         if history is not None:
-            history.append({"block": index, "loss_init": before, "loss_final": after})
+            kind = "single" if isinstance(block, FluxSingleTransformerBlock) else "double"
+            history.append({"block": index, "kind": kind, "loss_init": before, "loss_final": after,
+                            "steps": opts.block_steps, "train_seconds": train_seconds})
         log.debug("distill block %d: relative block-output error %.4g -> %.4g", index, before, after)
         for n, m in students.items():
             original = originals[n]

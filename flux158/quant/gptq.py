@@ -8,7 +8,10 @@ lazy block updates, the upper Cholesky factor of H^-1, optional act-order.
 
 from __future__ import annotations
 
+import time
+
 import torch
+from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
 from torch import nn
 
 from flux158.quant.blocks import run_block
@@ -101,18 +104,29 @@ def collect_hessians(block: nn.Module, names: list[str], data: BlockData,
     return {n: sums[n] / counts[n] for n in names}
 
 
-def gptq_block(config: TernaryConfig, device: torch.device | str):
-    """A `quantize_block` for `quantize_blockwise` applying `gptq_ternary` to each linear of the block."""
+def gptq_block(config: TernaryConfig, device: torch.device | str, history: list[dict] | None = None):
+    """A `quantize_block` for `quantize_blockwise` applying `gptq_ternary` to each linear of the block.
+
+    `history` (if given) receives per block its kind (double or single) and the seconds of its GPTQ solves (the
+    part of the cost that does not grow with the calibration rows)."""
     options, device = config.gptq, torch.device(device)
 
     def quantize_block(index: int, block: nn.Module, data: BlockData) -> None:
         groups = _execution_groups(block, data) if options.true_sequential else [linear_names(block)]
+        solve_seconds = 0.0
         for group in groups:
             hessians = collect_hessians(block, group, data, device)
+            started = time.perf_counter()
             for name in group:
                 linear = block.get_submodule(name)
                 codes, scale = gptq_ternary(linear.weight, hessians[name], options)
                 replace_module(block, name, TernaryLinear.from_codes(codes, scale, linear.bias, config,
                                                                      weight=linear.weight))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            solve_seconds += time.perf_counter() - started
+        if history is not None:
+            kind = "single" if isinstance(block, FluxSingleTransformerBlock) else "double"
+            history.append({"block": index, "kind": kind, "solve_seconds": solve_seconds})
 
     return quantize_block

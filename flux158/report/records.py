@@ -49,7 +49,7 @@ def result_from_json(obj: Mapping[str, Any], source: str = "") -> Result | None:
         return None
     extra = {k: obj[k] for k in ("method", "evaluator", "fidelity_to_bf16", "images_dir", "smoke", "settings",
                                  "weights", "num_images", "measured_at", "intervals", "retention_vs_bf16",
-                                 "quant_settings", "quantize_dir") if k in obj}
+                                 "quant_settings", "quantize_dir", "random_weights") if k in obj}
     return Result(kind, str(obj["model"]), str(obj.get("quant", "")), obj.get("benchmark"), obj["metrics"],
                   obj.get("gpu"), obj.get("config_hash"), source, extra)
 
@@ -79,3 +79,12 @@ def collect(root: Path, exclude: Iterable[Path] = ()) -> list[Result]:
         except (OSError, json.JSONDecodeError) as e:
             log.warning("tables: cannot read %s (%s); skipped", path, e)
     return results_from_json(pairs)
+
+
+def without_random_weights(results: Iterable[Result]) -> tuple[list[Result], list[Result]]:
+    """(kept, refused): quality and quantization results of random-weight models (`model=flux_dev_random`, whose
+    images are noise) are refused; latency and storage, which depend on the shapes only, are kept."""
+    kept, refused = [], []
+    for r in results:
+        (refused if r.extra.get("random_weights") and r.kind in ("evaluate", "quantize") else kept).append(r)
+    return kept, refused
