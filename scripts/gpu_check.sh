@@ -8,7 +8,11 @@
 # A lease of 15 device minutes (the start included) holds about one full PART=kernels call plus one short one, so
 # PART=lease (~9 min, never run yet) answers the open question first in one call: GPU kernel tests, a fresh eager
 # table from the current backends (fewer M values), and the 1024² eager step timed with that table.
-#   PART=lease|kernels|latency_eager|latency_compiled|graphs|graph_latency|pipeline_memory|all  bash scripts/gpu_check.sh
+# PART=rehearsal (~10 min, never run yet; resumable: the same call again goes on where the last stopped) runs
+# experiment=rehearsal at FLUX.1-dev's shapes with random weights: calibrate, quantize (absmean, gptq, distill on
+# a short schedule), generate and evaluate a few GenEval / T2I-CompBench prompts, and copies resources.json/md (the
+# measured unit costs and the paper run's plan) to $OUT. TINY=1 runs the same at tiny shapes (the CPU check).
+#   PART=lease|kernels|latency_eager|latency_compiled|graphs|graph_latency|pipeline_memory|rehearsal|all  bash scripts/gpu_check.sh
 # Needs diffusers / hydra-core / omegaconf where the GPU image lacks them: wheels in .whl/ are installed first.
 set -u
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"  # default ./gpu_out
@@ -83,4 +87,16 @@ if [[ $PART == pipeline_memory ]]; then  # whole-pipeline peak (random-weight T5
     'latency.variants=[bf16,w2a16,w158a8_int8]' 'latency.compile=[false]' 'latency.resolutions=[1024]' \
     latency.steps=5 latency.warmup=1 2>&1 | grep -E "latency|Error|error" | tee "$OUT/pipeline_memory.log"
   cp /tmp/gpu-check-pipe/latency/*/metrics.json "$OUT/pipeline_memory.json" 2>/dev/null
+fi
+if [[ $PART == rehearsal ]]; then  # every stage at FLUX.1-dev's shapes, measured, and the paper run's resource plan
+  ARGS=()
+  [[ ${TINY:-0} == 1 ]] && ARGS+=(model.spec.architecture=tiny sampler=tiny model.dtype=float32)
+  python3 -c "import mmdet" 2>/dev/null || ARGS+=(rehearsal.benchmark.geneval.detector=hf)  # no mmcv on the image
+  MIRROR=${PROMPT_MIRROR:-$PWD/shared/benchmarks}; [[ -d $MIRROR ]] || MIRROR=$PWD/../shared/benchmarks
+  timeout "${T_REHEARSAL:-540}" python3 run.py experiment=rehearsal logger=none hydra.run.dir=/tmp/hydra-rehearsal \
+    paths.output_dir="${REHEARSAL_DIR:-outputs/gpu-rehearsal}" paths.prompt_mirror="$MIRROR" \
+    "rehearsal.methods=${METHODS:-[absmean,gptq,distill]}" "rehearsal.generate=${GENERATE:-[bf16,distill]}" \
+    'rehearsal.benchmark.t2i_compbench.categories=[color,numeracy]' "${ARGS[@]}" 2>&1 \
+    | grep -E "rehearsal|Error|error" | tee -a "$OUT/rehearsal.log"
+  cp "${REHEARSAL_DIR:-outputs/gpu-rehearsal}"/rehearsal/*/resources.* "$OUT/" 2>/dev/null
 fi

@@ -100,3 +100,22 @@ def test_distill_runs_data_parallel_under_torchrun(tmp_path, model_cache):
     metrics = json.loads((qdir / "metrics.json").read_text())
     assert all(b["loss_final"] < b["loss_init"] for b in metrics["blocks"])
     assert (qdir / ".done").exists() and not (qdir / "blocks").exists()
+
+
+def test_blockwise_method_that_cannot_hold_its_rows_in_host_memory_refuses_before_writing(compose, monkeypatch):
+    import psutil
+    import pytest
+
+    from flux158.errors import Flux158Error
+    from flux158.experiments import artifact_dirs, calibrate, quantize
+
+    cfg = compose("experiment=smoke", "quant=distill", "logger=none")
+    calibrate.run(cfg)
+    memory = psutil.virtual_memory()._replace(available=100_000)
+    monkeypatch.setattr(quantize.psutil, "virtual_memory", lambda: memory)
+    # 16 rows (8 prompts x 2 states); per row 3 states x (16 image + 32 text + 1) tokens x 32 wide x 4 bytes
+    per_row = 3 * (16 + 32 + 1) * 32 * 4
+    with pytest.raises(Flux158Error, match=rf"16 calibration rows x {per_row / 1e6:.1f} MB.*At most "
+                                           rf"{int(0.8 * 100_000 // per_row)} rows fit.*Nothing was written"):
+        quantize.run(cfg)
+    assert not artifact_dirs.quantize_artifact(cfg)[0].exists()

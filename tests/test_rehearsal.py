@@ -4,7 +4,6 @@ orchestrator's bookkeeping (fake stages: failures, resume) and the whole path at
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

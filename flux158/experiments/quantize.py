@@ -17,21 +17,25 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import psutil
 import torch
 import yaml
 from omegaconf import DictConfig
 
 from flux158.artifacts import atomic_write_text, is_done, mark_done
+from flux158.errors import Flux158Error
 from flux158.experiments import artifact_dirs, pipeline, provenance, resolve, tracking
 from flux158.models import HubFluxSpec
 from flux158.models.hub import meta_flux_transformer, transformer_folder
 from flux158.quant import QuantizationReport, TernaryConfig, load_quantized, quantize_, save_quantized
+from flux158.quant.blockwise import held_bytes_per_row
 from flux158.quant.calibration import CalibrationError, CalibrationSet
 from flux158.quant.metrics import velocity_error
 from flux158.quant.storage import storage_report
 from flux158.quant.streaming import quantize_checkpoint_streaming
 
 log = logging.getLogger(__name__)
+HOST_MEMORY_SHARE = 0.8  # of the available host memory the block states may take (the rest: the process, the OS)
 
 
 def _calibration(cfg: DictConfig, needed: bool) -> tuple[CalibrationSet | None, CalibrationSet | None]:
@@ -72,12 +76,10 @@ def _quantize(cfg: DictConfig, config: TernaryConfig, out: Path) -> Path:
     """Quantize and measure; the non-main ranks of data-parallel distillation only compute."""
     _, _, device = resolve.process()
     train, heldout = _calibration(cfg, config.needs_calibration)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(artifact_dirs.quantize_artifact(cfg)[1], sort_keys=False),
-                      shared=True)
     log.info("quantize: %s with %s (%s) on %s%s -> %s", cfg.model.name, config.method, config.granularity, device,
              f", {len(train)} calibration rows" if config.needs_calibration else "", out)
     if isinstance(resolve.model_spec(cfg), HubFluxSpec) and not config.needs_calibration:
+        _start(cfg, out)
         transformer, report, storage, seconds = _streamed(cfg, config, out, device, heldout is not None)
     else:
         transformer, report, storage, seconds = _in_memory(cfg, config, out, device, train)
@@ -85,6 +87,31 @@ def _quantize(cfg: DictConfig, config: TernaryConfig, out: Path) -> Path:
             return out
     _record(cfg, config, out, transformer, report, storage, seconds, heldout, device)
     return out
+
+
+def _start(cfg: DictConfig, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(artifact_dirs.quantize_artifact(cfg)[1], sort_keys=False),
+                      shared=True)
+
+
+def _check_host_memory(config: TernaryConfig, train: CalibrationSet, transformer) -> None:
+    """A block-wise method holds three block-boundary states per calibration row in host memory; refuse, before
+    anything is written, when they cannot fit, and say how many rows would."""
+    rows = len(train) if config.method != "gptq" or config.gptq.max_rows is None else min(len(train),
+                                                                                           config.gptq.max_rows)
+    per_row = held_bytes_per_row(train, transformer)
+    available = psutil.virtual_memory().available
+    if rows * per_row <= HOST_MEMORY_SHARE * available:
+        log.info("quantize: %s holds %d rows x %.1f MB of block states in host memory (%.1f of %.1f GB available)",
+                 config.method, rows, per_row / 1e6, rows * per_row / 1e9, available / 1e9)
+        return
+    fitting = int(HOST_MEMORY_SHARE * available // per_row)
+    knob = "quant.config.gptq.max_rows" if config.method == "gptq" else "calib.num_prompts or calib.states_per_prompt"
+    raise Flux158Error(f"quantize: {config.method} would hold {rows * per_row / 1e9:.1f} GB of block states in host "
+                       f"memory ({rows} calibration rows x {per_row / 1e6:.1f} MB: the quantized prefix's inputs, the "
+                       f"full-precision inputs and the targets), but {available / 1e9:.1f} GB are available. At most "
+                       f"{fitting} rows fit: lower {knob}. Nothing was written.")
 
 
 def _streamed(cfg: DictConfig, config: TernaryConfig, out: Path, device: torch.device, reload: bool):
@@ -108,6 +135,9 @@ def _in_memory(cfg: DictConfig, config: TernaryConfig, out: Path, device: torch.
     """Load the full-precision transformer, quantize it in place (block-wise methods resume from `out/blocks`)."""
     spec = resolve.model_spec(cfg)
     transformer = pipeline.load(resolve.full_precision(cfg), device).transformer
+    if config.needs_calibration:
+        _check_host_memory(config, train, transformer)
+    _start(cfg, out)
     storage = storage_report(transformer, per_channel_scales=config.per_channel, lowrank_rank=config.lowrank_rank)
     start = time.perf_counter()
     report = quantize_(transformer, config, train, device=device, batch_size=cfg.quant.get("batch_size", 8),

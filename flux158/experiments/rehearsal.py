@@ -176,6 +176,15 @@ def extrapolate(cfg: DictConfig, measured: Mapping[str, Measured]) -> list[Estim
     return estimates
 
 
+def _notes(cfg: DictConfig) -> list[str]:
+    notes = ["Loading: each stage builds its random-weight model on the device; loading the real weights from disk "
+             "(33 GB for FLUX.1-dev with T5-XXL) is not measured and adds to each stage's fixed part."]
+    if any(cfg.rehearsal.benchmark[b].get("evaluator_weights") == "random" for b in cfg.rehearsal.benchmarks):
+        notes.append("Evaluators ran with `evaluator_weights=random` (shrunk random-weight models): the evaluate "
+                     "rows test the path, not the cost of the real detector, CLIP, BLIP-VQA or judge.")
+    return notes
+
+
 def _header(cfg: DictConfig, device: torch.device) -> dict:
     sampler = instantiate(cfg.sampler)
     env = provenance.environment()
@@ -183,6 +192,7 @@ def _header(cfg: DictConfig, device: torch.device) -> dict:
             "dtype": cfg.model.dtype, "gpu": provenance.gpu_name(), "device": str(device),
             "resolution": f"{sampler.height}x{sampler.width}", "steps": sampler.num_inference_steps,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "random_weights": True,
+            "notes": _notes(cfg),
             **{k: env[k] for k in ("git_commit", "torch") if k in env}}
 
 

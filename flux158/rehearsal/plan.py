@@ -147,7 +147,8 @@ def to_markdown(measured: Sequence[Measured], estimates: Sequence[Estimate], hea
                      f"{_gib(m.peak_host_bytes)} | {m.disk_bytes / 1e6:.1f} | {m.error or ''} |")
     budget = f"{gpu_budget_bytes / GB:.0f} GB GPU, {host_budget_bytes / GB:.0f} GB host"
     lines += ["", f"## The paper run (budget: {budget})", "",
-              "| stage | units | s / unit | GPU-hours | disk GB | peak GPU GiB | peak host GiB | fits | basis |",
+              f"| stage | units | s / unit | hours on {header.get('gpu')} | disk GB | peak GPU GiB | peak host GiB "
+              "| fits | basis |",
               "|---|---|---|---|---|---|---|---|---|"]
     for e in estimates:
         fits = {True: "yes", False: "**no**", None: "not measured"}[e.fits(gpu_budget_bytes, host_budget_bytes)]
@@ -156,5 +157,6 @@ def to_markdown(measured: Sequence[Measured], estimates: Sequence[Estimate], hea
         lines.append(f"| {e.name} | {e.units:g} {e.unit} | {per} | {hours} | {e.disk_gb:.1f} | "
                      f"{_gib(e.peak_gpu_bytes)} | {_gib(e.peak_host_bytes)} | {fits} | {e.basis} |")
     total = totals(estimates)
-    lines += ["", f"Total: {total['gpu_hours']:.1f} GPU-hours, {total['disk_gb']:.1f} GB of disk.", ""]
+    lines += ["", f"Total: {total['gpu_hours']:.1f} hours on {header.get('gpu')}, {total['disk_gb']:.1f} GB of disk.",
+              *(f"\n{note}" for note in header.get("notes", [])), ""]
     return "\n".join(lines)
