@@ -312,3 +312,35 @@ def test_attention_targeted_stage_one_trains_and_stays_ternary(model_cache, cali
     assert len(layers) == 40 and all(set(m.codes().unique().tolist()) <= {-1, 0, 1} for m in layers)
     with pytest.raises(ValueError, match="attn_loss_weight"):
         DistillConfig(attn_loss_weight=-1.0)
+
+
+def test_end_to_end_stage_with_activation_checkpointing_trains_the_same_model(model_cache, calib_dir, monkeypatch):
+    """Recomputing each block in the backward pass (what fits FLUX.1-dev's stage 2 on one GPU) changes memory, not
+    the gradients: the same losses and the same final scales as keeping the activations."""
+    from diffusers import FluxTransformer2DModel
+
+    from flux158.quant import distill
+
+    calib = CalibrationSet.load(calib_dir)
+    recomputed = {"n": 0}
+    original = FluxTransformer2DModel.enable_gradient_checkpointing
+
+    def counting(self, *args, **kwargs):
+        recomputed["n"] += 1
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FluxTransformer2DModel, "enable_gradient_checkpointing", counting)
+    results = {}
+    for mode in (False, True):
+        transformer = _fresh(model_cache)
+        quantize_(transformer, TernaryConfig("l2_optimal", "channel"))
+        config = TernaryConfig("distill", "channel",
+                               distill=DistillConfig(block_steps=0, e2e_steps=4, e2e_checkpointing=mode))
+        results[mode] = (distill.tune_end_to_end(transformer, calib, config, progress=False), transformer)
+        assert not transformer.gradient_checkpointing  # switched off again afterwards
+    assert recomputed["n"] == 1  # only the checkpointed run enabled it ("auto" on a CPU: off)
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=0)
+    for (name, a), (_, b) in zip(results[False][1].named_buffers(), results[True][1].named_buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+    with pytest.raises(ValueError, match="e2e_checkpointing"):
+        DistillConfig(e2e_checkpointing="sometimes")

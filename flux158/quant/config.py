@@ -68,6 +68,10 @@ class DistillConfig:
         grad_clip: gradient-norm clip.
         ste_clip: latent weights pass gradient while |w / scale| < ste_clip (ParetoQ-style wide band).
         txt_weight_last: loss weight of the text stream of the last single block (FLUX discards it).
+        e2e_checkpointing: stage 2 recomputes each block's activations in the backward pass instead of keeping them
+            (diffusers' gradient checkpointing): the same gradients for about one more forward pass, and the
+            difference between fitting on one 80 GB GPU and not for FLUX.1-dev at 1024^2 (saved activations of 57
+            blocks at 8 rows are hundreds of GB). `auto`: on CUDA only.
         attn_loss_weight: stage 1 adds this times the relative MSE between the block's attention outputs and
             those of the full-precision block on the same inputs (attention-targeted distillation, quant_next.md
             D4: ternary attention costs the toy score the most). One extra FP forward per step; 0 = off.
@@ -89,6 +93,7 @@ class DistillConfig:
     ste_clip: float = 1.49
     txt_weight_last: float = 0.0
     attn_loss_weight: float = 0.0
+    e2e_checkpointing: bool | str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -96,6 +101,8 @@ class DistillConfig:
             raise ValueError("block_steps and e2e_steps must be >= 0 and batch_size >= 1")
         if self.attn_loss_weight < 0:
             raise ValueError(f"attn_loss_weight must be >= 0, got {self.attn_loss_weight}")
+        if self.e2e_checkpointing not in (True, False, "auto"):
+            raise ValueError(f"e2e_checkpointing must be true, false or auto, got {self.e2e_checkpointing!r}")
         if self.ste_clip <= 0.5:
             raise ValueError("ste_clip must exceed 0.5 (the rounding threshold), e.g. 1.49")
         bands = tuple((float(upper), float(weight)) for upper, weight in self.e2e_sigma_weights)

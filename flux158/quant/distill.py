@@ -337,6 +337,9 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
     params = [p for g in groups for p in g["params"]]
     row_weights = sigma_weights(calib.sigmas(), opts.e2e_sigma_weights) if opts.e2e_sigma_weights else None
     saved = Path(checkpoint_dir) / "e2e.safetensors" if checkpoint_dir is not None else None
+    checkpointing = opts.e2e_checkpointing is True or (opts.e2e_checkpointing == "auto" and device.type == "cuda")
+    if checkpointing:
+        transformer.enable_gradient_checkpointing()
     start, losses = _load_e2e(saved, params, optimizer) if saved is not None and saved.exists() else (0, [])
     for _ in range(start):  # replay the row order up to the resumed step
         next(rows)
@@ -362,6 +365,8 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
             if saved is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == opts.e2e_steps):
                 _save_e2e(saved, step + 1, losses, params, optimizer)
     finally:
+        if checkpointing:
+            transformer.disable_gradient_checkpointing()
         for n, m in students.items():
             replace_module(transformer, n, m.to_ternary(config, None, bias_dtypes[n]))
         for p, flag in requires.items():
