@@ -344,3 +344,17 @@ def test_end_to_end_stage_with_activation_checkpointing_trains_the_same_model(mo
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
     with pytest.raises(ValueError, match="e2e_checkpointing"):
         DistillConfig(e2e_checkpointing="sometimes")
+
+
+def test_block_rows_bounds_the_rows_stage_1_holds_and_timings_cover_both_stages(model_cache, calib_dir):
+    calib = CalibrationSet.load(calib_dir)
+    transformer = _fresh(model_cache)
+    opts = DistillConfig(block_steps=2, e2e_steps=2, batch_size=2, block_rows=4)
+    report = quantize_(transformer, TernaryConfig("distill", "channel", distill=opts), calib)
+    assert len(calib) > 4 and report.timings["blockwise_rows"] == 4
+    assert report.timings["blocks"] == len(report.blocks) == 4 and report.timings["e2e_steps"] == 2
+    assert [b["kind"] for b in report.blocks] == ["double", "double", "single", "single"]
+    assert all(b["steps"] == 2 and b["train_seconds"] > 0 for b in report.blocks)
+    assert report.timings["blockwise_seconds"] > sum(b["train_seconds"] for b in report.blocks)
+    with pytest.raises(ValueError, match="block_rows"):
+        DistillConfig(batch_size=4, block_rows=2)

@@ -177,3 +177,14 @@ def test_rehearsal_runs_every_stage_at_tiny_shapes(compose, tmp_path):
         for metrics in (tmp_path / "outputs" / stage).glob("tiny-random-*/metrics.json"):
             assert json.loads(metrics.read_text())["random_weights"] is True
     assert resources["random_weights"] is True and resources["gpu"] == "cpu"
+
+
+def test_plan_caps_the_block_wise_rows_where_the_method_is_told_to(compose):
+    from flux158.experiments import rehearsal
+
+    cfg = compose(*TINY, "rehearsal.methods=[distill]", "rehearsal.quant.distill.config.distill.block_rows=1024")
+    timings = {"blockwise_seconds": 1.0, "blockwise_rows": 8, "blocks": 4, "e2e_seconds": 0.1, "e2e_steps": 2}
+    quantized = Measured("quantize distill", "quantize", "layer", 40, 1.1, 2.0, extra={
+        "timings": timings, "blocks": [{"kind": "double", "steps": 2, "train_seconds": 0.2}] * 4})
+    (plan,) = rehearsal.extrapolate(cfg, {"quantize distill": quantized})
+    assert plan.name == "quantize distill (1024 rows)"  # 8,192 rows of calib=paper, capped

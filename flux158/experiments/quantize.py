@@ -98,8 +98,8 @@ def _start(cfg: DictConfig, out: Path) -> None:
 def _check_host_memory(config: TernaryConfig, train: CalibrationSet, transformer) -> None:
     """A block-wise method holds three block-boundary states per calibration row in host memory; refuse, before
     anything is written, when they cannot fit, and say how many rows would."""
-    rows = len(train) if config.method != "gptq" or config.gptq.max_rows is None else min(len(train),
-                                                                                           config.gptq.max_rows)
+    limit = config.gptq.max_rows if config.method == "gptq" else config.distill.block_rows
+    rows = len(train) if limit is None else min(len(train), limit)
     per_row = held_bytes_per_row(train, transformer)
     available = psutil.virtual_memory().available
     if rows * per_row <= HOST_MEMORY_SHARE * available:
@@ -107,7 +107,7 @@ def _check_host_memory(config: TernaryConfig, train: CalibrationSet, transformer
                  config.method, rows, per_row / 1e6, rows * per_row / 1e9, available / 1e9)
         return
     fitting = int(HOST_MEMORY_SHARE * available // per_row)
-    knob = "quant.config.gptq.max_rows" if config.method == "gptq" else "calib.num_prompts or calib.states_per_prompt"
+    knob = "quant.config.gptq.max_rows" if config.method == "gptq" else "quant.config.distill.block_rows"
     raise Flux158Error(f"quantize: {config.method} would hold {rows * per_row / 1e9:.1f} GB of block states in host "
                        f"memory ({rows} calibration rows x {per_row / 1e6:.1f} MB: the quantized prefix's inputs, the "
                        f"full-precision inputs and the targets), but {available / 1e9:.1f} GB are available. At most "

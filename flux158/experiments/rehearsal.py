@@ -157,11 +157,13 @@ def extrapolate(cfg: DictConfig, measured: Mapping[str, Measured]) -> list[Estim
             estimates.append(linear_plan(q, q.units, f"quantize {m}"))
             continue
         config = r.quant[m].config
+        limit = config.gptq.get("max_rows") if config.method == "gptq" else config.distill.get("block_rows")
         rows = q.extra["timings"]["blockwise_rows"]
-        if config.method == "gptq" and config.gptq.get("max_rows"):
-            rows = cfg.calib.num_prompts * cfg.calib.states_per_prompt  # the rows before the cap
-        rows_per_state = rows / (cfg.calib.num_prompts * cfg.calib.states_per_prompt)  # 2 with CFG pairs
+        capped = limit is not None and rows >= limit  # then the rows no longer tell the rows per state
+        rows_per_state = 1.0 if capped else rows / (cfg.calib.num_prompts * cfg.calib.states_per_prompt)  # 2: CFG
         full_rows = round(full_calib.num_prompts * full_calib.states_per_prompt * rows_per_state)
+        if limit:
+            full_rows = min(full_rows, limit)
         if config.method == "gptq" and config.gptq.get("max_rows"):
             full_rows = min(full_rows, config.gptq.max_rows)
         steps = (config.distill.block_steps, config.distill.e2e_steps) if config.method == "distill" else (0, 0)

@@ -97,11 +97,11 @@ def quantize_(transformer: nn.Module, config: TernaryConfig, calib=None, *, devi
 
     device = torch.device(device) if device is not None else next(transformer.parameters()).device
     start = time.perf_counter()
+    limit = config.gptq.max_rows if config.method == "gptq" else config.distill.block_rows
+    calib_rows = calib if limit is None else type(calib)(calib.records[:limit])
     if config.method == "gptq":
-        calib_rows = calib if config.gptq.max_rows is None else type(calib)(calib.records[:config.gptq.max_rows])
         block_fn = gptq_block(config, device, report.blocks)
     else:
-        calib_rows = calib
         block_fn = distill_block(config, device, len(flux_blocks(transformer)), report.blocks)
     report.layers = quantize_blockwise(transformer, calib_rows, config, block_fn, batch_size=batch_size,
                                        device=device, checkpoint_dir=checkpoint_dir, progress=progress)
