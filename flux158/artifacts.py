@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +48,20 @@ def is_done(directory: Path) -> bool:
 def mark_done(directory: Path, summary: Mapping[str, Any]) -> None:
     """Write the completion marker of an artifact directory, with a small JSON summary inside."""
     atomic_write_text(directory / DONE_MARKER, json.dumps(dict(summary), indent=2, default=str), shared=True)
+
+
+def tree_bytes(paths: Sequence[Path]) -> int:
+    """Bytes of the regular files under `paths` (missing paths count 0; each file once, however it is reached)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root in paths:
+        for directory, _, files in os.walk(root):
+            for name in files:
+                try:
+                    stat = os.stat(os.path.join(directory, name), follow_symlinks=False)
+                except OSError:  # removed while we walked
+                    continue
+                if (stat.st_dev, stat.st_ino) not in seen:
+                    seen.add((stat.st_dev, stat.st_ino))
+                    total += stat.st_size
+    return total

@@ -119,3 +119,19 @@ def test_blockwise_method_that_cannot_hold_its_rows_in_host_memory_refuses_befor
                                            rf"{int(0.8 * 100_000 // per_row)} rows fit.*Nothing was written"):
         quantize.run(cfg)
     assert not artifact_dirs.quantize_artifact(cfg)[0].exists()
+
+
+def test_calibration_that_cannot_fit_the_disk_refuses_before_writing(compose, monkeypatch):
+    import shutil
+
+    import pytest
+
+    from flux158.errors import Flux158Error
+    from flux158.experiments import artifact_dirs, calibrate
+
+    cfg = compose("experiment=smoke", "quant=distill", "logger=none")
+    usage = shutil.disk_usage("/")
+    monkeypatch.setattr(calibrate.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with pytest.raises(Flux158Error, match=r"12 prompts x 2 states .* but 0.0 GB are free.*Nothing was written"):
+        calibrate.run(cfg)
+    assert not artifact_dirs.calibration_artifact(cfg)[0].exists()

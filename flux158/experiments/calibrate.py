@@ -15,7 +15,8 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from flux158.artifacts import atomic_write_text, is_done, mark_done
+from flux158.artifacts import atomic_write_text, is_done, mark_done, tree_bytes
+from flux158.errors import Flux158Error
 from flux158.experiments import artifact_dirs, pipeline, resolve, tracking
 from flux158.quant.calibration import SPLITS, CaptureSettings, chunk_path, estimate_bytes, num_chunks, write_calibration
 
@@ -30,6 +31,12 @@ def settings(cfg: DictConfig) -> CaptureSettings:
 def complete(directory: Path, prompts: dict[str, list[str]], capture: CaptureSettings) -> bool:
     return all(chunk_path(directory, split, c).exists() for split in SPLITS
                for c in range(num_chunks(len(prompts[split]), capture.chunk_size)))
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
 
 
 def run(cfg: DictConfig) -> Path | None:
@@ -53,14 +60,19 @@ def run(cfg: DictConfig) -> Path | None:
     pipe.set_progress_bar_config(disable=True)
     total = len(prompts["train"]) + len(prompts["heldout"])
     need = estimate_bytes(pipe, prompts["train"][0], sampler, total, capture.states_per_prompt)
-    out.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(out).free
+    present = tree_bytes([out])  # chunks of an interrupted run count towards the need
+    free = shutil.disk_usage(_existing_parent(out)).free
     log.info("calibrate: %s teacher on %s, %d train + %d held-out prompts x %d states (%d steps, %dx%d) -> %s; "
-             "needs ~%.2f GB on disk (%.1f GB free)", cfg.model.name, device, len(prompts["train"]),
-             len(prompts["heldout"]), capture.states_per_prompt, sampler.num_inference_steps, sampler.height,
-             sampler.width, out, need / 1e9, free / 1e9)
-    if need > free:
-        log.warning("calibrate: not enough free disk for all chunks (%.2f GB needed)", need / 1e9)
+             "needs ~%.2f GB on disk (%.2f GB already there, %.1f GB free)", cfg.model.name, device,
+             len(prompts["train"]), len(prompts["heldout"]), capture.states_per_prompt, sampler.num_inference_steps,
+             sampler.height, sampler.width, out, need / 1e9, present / 1e9, free / 1e9)
+    if need - present > free:
+        per_state = need / (total * capture.states_per_prompt)
+        raise Flux158Error(f"calibrate: the teacher states need ~{(need - present) / 1e9:.1f} GB more on disk "
+                           f"({total} prompts x {capture.states_per_prompt} states x {per_state / 1e6:.1f} MB) but "
+                           f"{free / 1e9:.1f} GB are free at {out}. Free space, point paths.output_dir elsewhere, or "
+                           "keep fewer states: calib.states_per_prompt or calib.num_prompts. Nothing was written.")
+    out.mkdir(parents=True, exist_ok=True)
     if not (out / "config.yaml").exists():
         atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
     with tracking.track(cfg, "calibrate", resolve.shard_label(index, count)) as tracker:

@@ -3,7 +3,6 @@ set, sampled) and the disk it added to the directories it wrote."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import psutil
 import torch
+
+from flux158.artifacts import tree_bytes
 
 
 @dataclass
@@ -24,23 +25,6 @@ class Usage:
     peak_gpu_reserved_bytes: int | None = None
     peak_host_bytes: int = 0
     disk_bytes: int = 0
-
-
-def tree_bytes(paths: Sequence[Path]) -> int:
-    """Bytes of the regular files under `paths` (missing paths count 0; each file once, however it is reached)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for root in paths:
-        for directory, _, files in os.walk(root):
-            for name in files:
-                try:
-                    stat = os.stat(os.path.join(directory, name), follow_symlinks=False)
-                except OSError:  # removed while we walked
-                    continue
-                if (stat.st_dev, stat.st_ino) not in seen:
-                    seen.add((stat.st_dev, stat.st_ino))
-                    total += stat.st_size
-    return total
 
 
 class _HostPeak(threading.Thread):
