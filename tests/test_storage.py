@@ -33,3 +33,12 @@ def test_storage_experiment_writes_metrics_and_the_summary_line(compose, caplog)
     assert metrics["metrics"]["total_params"] == TOTAL and metrics["quant"] == "absmean"
     assert caplog.records[-1].getMessage() == (
         "storage: bf16=23.80GB 2bit=3.09GB ratio=7.70x trit5=2.50GB ratio=9.52x")
+
+
+def test_storage_of_the_random_weight_stand_in_is_flux_dev_s(compose):
+    """model=flux_dev_random counts on the meta device too (building 12 B random weights for a count would need
+    24 GB), with FLUX.1-dev's exact parameters."""
+    out = storage.run(compose("experiment=storage", "model=flux_dev_random", "logger=none"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert out.name.startswith("flux-dev-random-absmean-")
+    assert metrics["metrics"]["total_params"] == TOTAL and metrics["metrics"]["quantized_params"] == QUANTIZED

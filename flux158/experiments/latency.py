@@ -24,7 +24,7 @@ from flux158.artifacts import atomic_write_text, is_done, mark_done
 from flux158.errors import Flux158Error
 from flux158.experiments import artifact_dirs, pipeline, provenance, resolve, tracking
 from flux158.latency import StepSettings, StepTiming, time_steps, transformer_inputs
-from flux158.models import HubFluxSpec, parse_dtype
+from flux158.models import HubFluxSpec, RandomFluxSpec, parse_dtype
 from flux158.models.hub import FLUX1_DEV_TRANSFORMER_CONFIG
 from flux158.models.random import random_pipeline, random_transformer
 from flux158.modulation import modulation_tables
@@ -43,7 +43,10 @@ COLUMNS = ["variant", "compiled", "cuda_graph", "resolution", "per_step_ms", "to
 
 
 def _architecture(cfg: DictConfig) -> dict:
-    if isinstance(resolve.model_spec(cfg), HubFluxSpec):
+    spec = resolve.model_spec(cfg)
+    if isinstance(spec, RandomFluxSpec):
+        return dict(spec.configs.transformer)
+    if isinstance(spec, HubFluxSpec):
         return {**FLUX1_DEV_TRANSFORMER_CONFIG, "guidance_embeds": cfg.model.get("guidance_embeds", True)}
     return dict(pipeline.load(resolve.full_precision(cfg), torch.device("cpu")).transformer.config)
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from flux158.artifacts import atomic_write_text
 from flux158.experiments import artifact_dirs, pipeline, provenance, resolve, tracking
-from flux158.models import HubFluxSpec
+from flux158.models import HubFluxSpec, RandomFluxSpec
 from flux158.models.hub import FLUX1_DEV_TRANSFORMER_CONFIG, meta_flux_transformer
 from flux158.quant.storage import storage_report
 
@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 
 
 def _transformer(cfg: DictConfig) -> torch.nn.Module:
-    if isinstance(resolve.model_spec(cfg), HubFluxSpec):
+    spec = resolve.model_spec(cfg)
+    if isinstance(spec, RandomFluxSpec):  # its architecture is known: no 24 GB of random weights for a count
+        return meta_flux_transformer(spec.configs.transformer)
+    if isinstance(spec, HubFluxSpec):
         arch = {**FLUX1_DEV_TRANSFORMER_CONFIG, "guidance_embeds": cfg.model.get("guidance_embeds", True)}
         return meta_flux_transformer(arch)
     return pipeline.load(resolve.full_precision(cfg), torch.device("cpu")).transformer
