@@ -79,9 +79,11 @@ class GraphedStep:
     `prepare`, which runs with each call's arguments before its replay, outside the graph.
     """
 
-    def __init__(self, transformer: torch.nn.Module, inputs: dict, prepare: Callable[[dict], None] | None = None,
-                 warmup: int = 2) -> None:
-        if transformer._forward_pre_hooks or transformer._forward_hooks:
+    def __init__(self, transformer: Callable[..., tuple], inputs: dict,
+                 prepare: Callable[[dict], None] | None = None, warmup: int = 2) -> None:
+        hooked = isinstance(transformer, torch.nn.Module) and (transformer._forward_pre_hooks
+                                                               or transformer._forward_hooks)
+        if hooked:
             raise ValueError("a CUDA-graphed step replays no forward hooks; remove them (for batched modulation, "
                              "pass `modulation_tables(...).select` as `prepare`)")
         self.prepare = prepare or (lambda kwargs: None)

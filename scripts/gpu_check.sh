@@ -12,7 +12,11 @@
 # experiment=rehearsal at FLUX.1-dev's shapes with random weights: calibrate, quantize (absmean, gptq, distill on
 # a short schedule), generate and evaluate a few GenEval / T2I-CompBench prompts, and copies resources.json/md (the
 # measured unit costs and the paper run's plan) to $OUT. TINY=1 runs the same at tiny shapes (the CPU check).
-#   PART=lease|kernels|latency_eager|latency_compiled|graphs|graph_latency|pipeline_memory|rehearsal|all  bash scripts/gpu_check.sh
+# PART=e2e_eager / PART=e2e_compiled (never run yet; sized by guess at under 10 min each) time whole 50-step 1024²
+# generations (T5, CLIP, transformer, VAE) beside the transformer steps, with and without CUDA-graph replay, for
+# BF16, W2A16 and W1.58A8 fp8; e2e_eager also runs the gpu tests that graphed images match eager ones (PSNR).
+#   PART=lease|kernels|latency_eager|latency_compiled|graphs|graph_latency|pipeline_memory|e2e_eager|e2e_compiled|rehearsal|all
+#   bash scripts/gpu_check.sh
 # Needs diffusers / hydra-core / omegaconf where the GPU image lacks them: wheels in .whl/ are installed first.
 set -u
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"  # default ./gpu_out
@@ -35,7 +39,7 @@ if [[ $PART == lease ]]; then  # does `auto` (with a table of today's backends) 
   timeout "${T_LAT:-150}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-lease \
     paths.output_dir=/tmp/gpu-check-lease \
     'latency.variants=[bf16,w2a16,w2a16_fused,w158a8_fp8,w158a8_fp8_fused]' 'latency.compile=[false]' \
-    'latency.resolutions=[1024]' latency.steps=20 latency.pipeline_memory=false 2>&1 \
+    'latency.resolutions=[1024]' latency.steps=20 latency.end_to_end=false 2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/latency_eager.log"
   cp /tmp/gpu-check-lease/latency/*/metrics.json "$OUT/latency_eager.json" 2>/dev/null
 fi
@@ -51,7 +55,7 @@ if [[ $PART == latency_eager || $PART == all ]]; then
   timeout "${T_LAT:-200}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-eager \
     paths.output_dir=/tmp/gpu-check-eager \
     "latency.variants=${VARIANTS_EAGER:-[bf16,w2a16,w2a16_fused,w158a8_int8,w158a8_fp8,w158a8_fp8_fused]}" \
-    'latency.compile=[false]' latency.pipeline_memory=false \
+    'latency.compile=[false]' latency.end_to_end=false \
     2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/latency_eager.log"
   cp /tmp/gpu-check-eager/latency/*/metrics.json "$OUT/latency_eager.json" 2>/dev/null
@@ -60,7 +64,7 @@ if [[ $PART == latency_compiled || $PART == all ]]; then
   timeout "${T_LATC:-300}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-compiled \
     paths.output_dir=/tmp/gpu-check-compiled \
     "latency.variants=${VARIANTS:-[bf16,w2a16,w2a16_fused,w158a8_fp8,w158a8_fp8_fused]}" 'latency.compile=[true]' \
-    "latency.resolutions=${RES:-[1024]}" latency.pipeline_memory=false 2>&1 \
+    "latency.resolutions=${RES:-[1024]}" latency.end_to_end=false 2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/latency_compiled.log"
   cp /tmp/gpu-check-compiled/latency/*/metrics.json "$OUT/latency_compiled.json" 2>/dev/null
 fi
@@ -77,9 +81,21 @@ if [[ $PART == graph_latency ]]; then  # eager steps with and without a CUDA gra
   timeout "${T_GRAPH_LAT:-150}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-graph \
     paths.output_dir=/tmp/gpu-check-graph \
     'latency.variants=[bf16,w2a16,w158a8_int8]' 'latency.compile=[false]' 'latency.cuda_graph=[false,true]' \
-    'latency.resolutions=[1024]' latency.pipeline_memory=false "latency.batched_modulation=${BATCHED:-false}" 2>&1 \
+    'latency.resolutions=[1024]' latency.end_to_end=false "latency.batched_modulation=${BATCHED:-false}" 2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/latency_graph.log"
   cp /tmp/gpu-check-graph/latency/*/metrics.json "$OUT/latency_graph.json" 2>/dev/null
+fi
+if [[ $PART == e2e_eager || $PART == e2e_compiled ]]; then  # whole generations, end to end (Table 3's protocol)
+  COMPILE=$([[ $PART == e2e_compiled ]] && echo true || echo false)
+  if [[ $PART == e2e_eager ]]; then
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_latency.py -m gpu 2>&1 \
+      | tail -5 | tee "$OUT/gpu_graph_tests.log"
+  fi
+  timeout "${T_E2E:-420}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-$PART \
+    paths.output_dir=/tmp/gpu-check-$PART "latency.variants=${VARIANTS:-[bf16,w2a16,w158a8_fp8]}" \
+    "latency.compile=[$COMPILE]" 'latency.cuda_graph=[false,true]' 'latency.resolutions=[1024]' \
+    latency.end_to_end=true 2>&1 | grep -E "latency|Error|error" | tee "$OUT/$PART.log"
+  cp /tmp/gpu-check-$PART/latency/*/metrics.json "$OUT/$PART.json" 2>/dev/null
 fi
 if [[ $PART == pipeline_memory ]]; then  # whole-pipeline peak (random-weight T5-XXL, CLIP-L, VAE, transformer)
   timeout "${T_PIPE:-300}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-pipe \

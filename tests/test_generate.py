@@ -124,3 +124,32 @@ def test_t2i_layout_rejects_underscores():
 
     with pytest.raises(LayoutError, match="'_'"):
         T2ICompBenchLayout(Path("/x"), 10).image_path(PromptItem("color", 0, "a red_car"), 0)
+
+
+def test_cuda_graph_request_on_a_cpu_stays_eager_and_keys_its_folder_apart(compose, caplog):
+    plain = compose(*TINY, "benchmark.samples_per_prompt=1", "benchmark.limit_per_group=2")
+    fast = compose(*TINY, "benchmark.samples_per_prompt=1", "benchmark.limit_per_group=2", "cuda_graph=true",
+                   "compile=true")
+    assert artifact_dirs.stage_dir(fast, "generate") != artifact_dirs.stage_dir(plain, "generate")
+    with caplog.at_level("WARNING"):
+        out = generate.run(fast)
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert "cuda_graph=true replays graphs on CUDA only" in warnings and "compiles on CUDA only" in warnings
+    assert _files(out) == _files(generate.run(plain))  # eager on a CPU: the same bytes
+
+
+def test_cuda_graph_with_batched_modulation_is_refused_before_anything_is_written(compose):
+    from flux158.errors import Flux158Error
+
+    cfg = compose(*TINY, "cuda_graph=true", "batched_modulation=true")
+    with pytest.raises(Flux158Error, match="cannot be combined"):
+        generate.run(cfg)
+    assert not artifact_dirs.stage_dir(cfg, "generate").exists()
+
+
+def test_the_gpu_experiments_take_the_fast_path_and_the_toy_world_stays_eager(compose):
+    for experiment in ("geneval", "t2i_compbench"):
+        cfg = compose(f"experiment={experiment}", *TINY_MODEL)
+        assert cfg.compile is True and cfg.cuda_graph is True
+    default = compose("logger=none")
+    assert default.compile is False and default.cuda_graph is False

@@ -88,7 +88,7 @@ def test_graphed_step_replays_the_eager_step():
 
 def test_latency_smoke_run_on_cpu(compose, tmp_path):
     cfg = compose("experiment=latency", "model=tiny", "logger=none", "latency.steps=2", "latency.warmup=1",
-                  "latency.batched_modulation=true", "latency.pipeline_memory=true",
+                  "latency.batched_modulation=true", "latency.end_to_end=true",
                   "latency.resolutions=[32]", "latency.text_tokens=8")
     out = latency_stage.run(cfg)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -96,9 +96,13 @@ def test_latency_smoke_run_on_cpu(compose, tmp_path):
     rows = metrics["metrics"]["rows"]
     assert [r["variant"] for r in rows] == ["bf16", "w2a16", "w158a8_int8"]  # compiled runs are GPU-only
     assert all(r["per_step_ms"] > 0 and not r["compiled"] and not r["cuda_graph"] for r in rows)
-    pipeline = metrics["metrics"]["pipeline"]  # the whole tiny pipeline ran once per variant (no CUDA: no peak)
-    assert [p["variant"] for p in pipeline] == ["bf16", "w2a16", "w158a8_int8"]
+    pipeline = metrics["metrics"]["pipeline"]  # whole tiny generations per variant, eager only (no CUDA: no peak)
+    assert [(p["variant"], p["compiled"], p["cuda_graph"]) for p in pipeline] == [
+        ("bf16", False, False), ("w2a16", False, False), ("w158a8_int8", False, False)]
     assert all(p["error"] is None and p["pipeline_peak_gib"] is None for p in pipeline)
+    assert all(p["end_to_end_ms"] > 0 and p["first_call_s"] > 0 for p in pipeline)
+    assert pipeline[0]["speedup_vs_bf16_eager"] == 1.0 and pipeline[1]["speedup_vs_bf16_eager"] == round(
+        pipeline[0]["end_to_end_ms"] / pipeline[1]["end_to_end_ms"], 3)
     assert metrics["kernel_table"] is None  # `auto` reads a measured table on GPUs only
 
 
@@ -145,7 +149,7 @@ def test_a_failing_setting_keeps_the_others_and_fails_the_run(compose, monkeypat
 
     monkeypatch.setattr(latency_stage, "time_steps", flaky)
     cfg = compose("experiment=latency", "model=tiny", "logger=none", "latency.steps=2", "latency.warmup=1",
-                  "latency.resolutions=[32]", "latency.text_tokens=8", "latency.pipeline_memory=false")
+                  "latency.resolutions=[32]", "latency.text_tokens=8", "latency.end_to_end=false")
     with pytest.raises(Flux158Error, match="1 setting.*w158a8_int8.*kernel exploded"):
         latency_stage.run(cfg)
     out = artifact_dirs.stage_dir(cfg, "latency")

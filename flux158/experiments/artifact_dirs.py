@@ -79,7 +79,7 @@ def benchmark_artifact(cfg: DictConfig, stage: str, keys: list[str]) -> tuple[Pa
     config = quant_config(cfg) if "quant" in keys else None
     if config is not None and config.needs_calibration and not cfg.quant.get("checkpoint"):
         keys = [*keys, *CALIBRATION_KEYS[1:]]
-    for speedup in ("batched_modulation", "compile"):
+    for speedup in ("batched_modulation", "compile", "cuda_graph"):
         if cfg.get(speedup) and "sampler" in keys:
             keys = [*keys, speedup]
     return keyed_dir(cfg, [stage, cfg.benchmark.name], f"{cfg.model.name}-{cfg.quant.name}", keys)

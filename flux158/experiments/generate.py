@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -10,8 +12,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from flux158.artifacts import atomic_write_text, mark_done
-from flux158.errors import LayoutError
+from flux158.errors import Flux158Error, LayoutError
 from flux158.experiments import artifact_dirs, pipeline, resolve, tracking
+from flux158.generation.graphs import GraphStats, cuda_graphed
 from flux158.generation.images import expected_paths, generate_images
 from flux158.generation.layouts import make_layout
 from flux158.sharding import shard
@@ -42,6 +45,9 @@ def run(cfg: DictConfig) -> Path:
     if device.type == "cpu" and sampler.height * sampler.width >= 512 * 512:
         log.warning("generating %dx%d images on the CPU: expect minutes to hours per image", sampler.height,
                     sampler.width)
+    if cfg.get("cuda_graph") and cfg.get("batched_modulation"):
+        raise Flux158Error("cuda_graph=true and batched_modulation=true cannot be combined (batched modulation "
+                           "swaps the transformer's modules per prompt, under the captured graph); turn one off")
     pipe = pipeline.load(cfg, device)  # fails fast, before any output folder exists
     if cfg.get("compile"):
         _compile(pipe.transformer, device)
@@ -49,7 +55,8 @@ def run(cfg: DictConfig) -> Path:
     if not (out / "config.yaml").exists():
         atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
 
-    with tracking.track(cfg, "generate", resolve.shard_label(index, count)) as tracker:
+    with tracking.track(cfg, "generate", resolve.shard_label(index, count)) as tracker, \
+            _graphed(pipe.transformer, device, bool(cfg.get("cuda_graph"))) as graphs:
         report = generate_images(
             pipe, mine, layout, samples_per_prompt=bench.samples_per_prompt, base_seed=cfg.seed,
             sampler=sampler, batch_size=min(cfg.batch_size, bench.samples_per_prompt),
@@ -57,13 +64,31 @@ def run(cfg: DictConfig) -> Path:
         )
         stats = {"images_generated": report.generated, "images_skipped": report.skipped,
                  "images_per_second": report.images_per_second, "seconds": report.seconds,
-                 "prompts": len(mine), "shard_index": index, "shard_count": count}
+                 "first_call_seconds": report.first_call_seconds, "prompts": len(mine), "shard_index": index,
+                 "shard_count": count}
+        if graphs is not None:
+            stats |= {"cuda_graphs_captured": graphs.captured, "cuda_graph_replays": graphs.replayed,
+                      "cuda_graph_eager_calls": graphs.eager}
         tracker.log(stats)
         tracker.summary(stats)
         rows = _sample_rows(layout, mine, bench.samples_per_prompt, cfg.logger.get("max_images", 16))
         tracker.image_table("samples", ["group", "prompt_index", "sample", "prompt", "image"], rows, "image")
     _mark_if_complete(out, layout, items, bench.samples_per_prompt)
     return out
+
+
+@contextmanager
+def _graphed(transformer, device, wanted: bool) -> Iterator[GraphStats | None]:
+    """Replay the transformer from CUDA graphs when asked and on CUDA; a CPU run stays eager."""
+    if not wanted:
+        yield None
+    elif device.type != "cuda":
+        log.warning("generate: cuda_graph=true replays graphs on CUDA only; this %s run stays eager", device.type)
+        yield None
+    else:
+        with cuda_graphed(transformer) as stats:
+            log.info("generate: the transformer replays CUDA graphs (one capture per batch shape)")
+            yield stats
 
 
 def _compile(transformer, device) -> None:

@@ -1,5 +1,6 @@
 """Stage `latency` (`experiment=latency`): transformer step latency and peak memory of BF16, ternary W2A16 and
-ternary W1.58A8, eager and `torch.compile`d (regional: the repeated blocks), per resolution (paper Table 3, Fig. 2).
+ternary W1.58A8, eager and `torch.compile`d (regional: the repeated blocks), per resolution (paper Table 3, Fig. 2);
+and whole generations end to end (text encoders, every step, VAE), eager, compiled and CUDA-graphed.
 
 On a GPU it times the configured model (FLUX.1-dev-shaped with random weights by default); on a CPU only the tiny
 model runs, as a smoke test of the protocol, and `metrics.json` says so (`smoke: true`).
@@ -11,7 +12,8 @@ import gc
 import json
 import logging
 import tempfile
-from contextlib import ExitStack
+import time
+from contextlib import ExitStack, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from flux158.artifacts import atomic_write_text, is_done, mark_done
 from flux158.errors import Flux158Error
 from flux158.experiments import artifact_dirs, pipeline, provenance, resolve, tracking
+from flux158.generation.graphs import cuda_graphed
 from flux158.latency import StepSettings, StepTiming, time_steps, transformer_inputs
 from flux158.models import HubFluxSpec, RandomFluxSpec, parse_dtype
 from flux158.models.hub import FLUX1_DEV_TRANSFORMER_CONFIG
@@ -152,8 +155,9 @@ def run(cfg: DictConfig) -> Path:
         del model
         gc.collect()
     _speedups(rows)
-    if lat.pipeline_memory:
-        metrics["metrics"]["pipeline"] = _pipeline_memory(cfg, device, arch)
+    if lat.end_to_end:
+        metrics["metrics"]["pipeline"] = _whole_pipeline(cfg, device, arch)
+        _speedups(metrics["metrics"]["pipeline"], "end_to_end_ms", "pipeline_peak_gib")
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     with tracking.track(cfg, "latency") as tracker:
         tracker.table("latency", COLUMNS + ["speedup_vs_bf16_compiled", "memory_ratio_vs_bf16"],
@@ -171,54 +175,89 @@ def run(cfg: DictConfig) -> Path:
     return out
 
 
-def _pipeline_memory(cfg: DictConfig, device: torch.device, arch: dict) -> list[dict]:
-    """Peak memory of one whole-pipeline generation (text encoders, transformer, VAE all on `device`; the
-    diffusers-torchao convention) per variant at the first resolution. A hub model with `latency.weights=random`
-    runs a random-weight pipeline of its architecture (the memory is the same; the images are noise)."""
+def _pipeline(cfg: DictConfig, device: torch.device, arch: dict):
+    """The whole pipeline to time: a hub model with `latency.weights=random` runs a random-weight pipeline of its
+    architecture (time and memory are the same; the images are noise)."""
     lat = cfg.latency
     if isinstance(resolve.model_spec(cfg), HubFluxSpec) and lat.weights == "random":
-        log.info("latency: whole-pipeline memory with random weights (T5-XXL, CLIP-L, VAE, transformer)")
+        log.info("latency: whole pipeline with random weights (T5-XXL, CLIP-L, VAE, transformer)")
         with tempfile.TemporaryDirectory(prefix="flux158-tokenizers-") as tokenizers:
-            pipe = random_pipeline(arch, device, parse_dtype(lat.dtype), Path(tokenizers), seed=cfg.seed)
-    else:
-        pipe = pipeline.load(resolve.full_precision(cfg), device)
-    if not isinstance(pipe, FluxPipeline):
-        log.info("latency: whole-pipeline memory is measured for FluxPipeline models only; skipped")
-        return []
-    results, quantized = [], False
-    for variant in lat.variants:
-        quantized = _convert(pipe.transformer, variant, lat.method, quantized)
+            return random_pipeline(arch, device, parse_dtype(lat.dtype), Path(tokenizers), seed=cfg.seed)
+    return pipeline.load(resolve.full_precision(cfg), device)
+
+
+def _generate(pipe, cfg: DictConfig, resolution: int, device: torch.device) -> float:
+    """Milliseconds of one whole generation (text encoders, every step, VAE decode), synchronised."""
+    lat = cfg.latency
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    pipe(lat.prompt, height=resolution, width=resolution, num_inference_steps=lat.steps,
+         guidance_scale=cfg.sampler.guidance_scale, max_sequence_length=cfg.sampler.max_sequence_length,
+         generator=torch.Generator().manual_seed(cfg.seed))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 1e3 * (time.perf_counter() - start)
+
+
+def _whole_pipeline(cfg: DictConfig, device: torch.device, arch: dict) -> list[dict]:
+    """End to end, Table 3's protocol: one whole `latency.steps`-step generation at the first resolution (T5, CLIP,
+    transformer and VAE all on `device`, the diffusers-torchao convention) per variant, eager and compiled, with and
+    without CUDA-graph replay of the transformer (GPU only). The first call (compilation and graph capture
+    included) is reported apart from the timed second call; the peak is the timed call's."""
+    lat = cfg.latency
+    cuda = device.type == "cuda"
+    modes = [(c, g) for c in lat.compile for g in lat.cuda_graph if cuda or not (c or g)]
+    resolution = lat.resolutions[0]
+    results = []
+    for compiled, graphed in modes:
+        pipe = _pipeline(cfg, device, arch)
+        if not isinstance(pipe, FluxPipeline):
+            log.info("latency: whole-pipeline runs are measured for FluxPipeline models only; skipped")
+            return []
+        quantized = False
+        for variant in lat.variants:
+            quantized = _convert(pipe.transformer, variant, lat.method, quantized)
+            if compiled:
+                pipe.transformer.compile_repeated_blocks(fullgraph=lat.fullgraph)
+            gc.collect()
+            row = {"variant": variant, "compiled": compiled, "cuda_graph": graphed, "resolution": resolution,
+                   "end_to_end_ms": None, "first_call_s": None, "pipeline_peak_gib": None, "error": None}
+            try:
+                with cuda_graphed(pipe.transformer, fall_back=False) if graphed else nullcontext():
+                    row["first_call_s"] = round(_generate(pipe, cfg, resolution, device) / 1e3, 2)
+                    if cuda:
+                        torch.cuda.empty_cache()
+                        torch.cuda.reset_peak_memory_stats(device)
+                    row["end_to_end_ms"] = round(_generate(pipe, cfg, resolution, device), 1)
+                    row["pipeline_peak_gib"] = _gib(torch.cuda.max_memory_allocated(device)) if cuda else None
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                row["error"] = "OOM"
+            except Exception as err:  # one failing setting must not lose the others
+                log.exception("latency: whole pipeline %s failed", variant)
+                row["error"] = f"{type(err).__name__}: {str(err).strip()[:300]}"
+            results.append(row)
+            mode = ("compiled" if compiled else "eager") + (", CUDA graph" if graphed else "")
+            log.info("latency: whole pipeline %s (%s) %dpx: %s", variant, mode, resolution, row["error"] or
+                     f"{row['end_to_end_ms'] / 1e3:.2f} s per image (first call {row['first_call_s']} s), peak "
+                     f"{row['pipeline_peak_gib']} GiB")
+        del pipe
         gc.collect()
-        cuda = device.type == "cuda"
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        resolution = lat.resolutions[0]
-        try:
-            pipe(lat.prompt, height=resolution, width=resolution, num_inference_steps=lat.steps,
-                 guidance_scale=cfg.sampler.guidance_scale, max_sequence_length=cfg.sampler.max_sequence_length,
-                 generator=torch.Generator().manual_seed(cfg.seed))
-            peak = _gib(torch.cuda.max_memory_allocated(device)) if cuda else None
-            results.append({"variant": variant, "resolution": resolution, "pipeline_peak_gib": peak, "error": None})
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            results.append({"variant": variant, "resolution": resolution, "pipeline_peak_gib": None, "error": "OOM"})
-        log.info("latency: whole pipeline %s %dpx: peak %s GiB", variant, resolution, results[-1]["pipeline_peak_gib"]
-                 if results[-1]["error"] is None else "OOM")
     return results
 
 
-def _speedups(rows: list[dict]) -> None:
+def _speedups(rows: list[dict], time_key: str = "per_step_ms", peak_key: str = "peak_gib") -> None:
     """Each row's speedup over BF16 at its resolution, and its peak memory over BF16's. The baseline is compiled BF16
     without a CUDA graph where measured, else eager BF16 without one, else any BF16 row."""
     for r in rows:
-        bf16 = [b for b in rows if b["variant"] == "bf16" and b["resolution"] == r["resolution"] and b["per_step_ms"]]
+        bf16 = [b for b in rows if b["variant"] == "bf16" and b["resolution"] == r["resolution"] and b[time_key]]
         base = min(bf16, key=lambda b: (not b["compiled"], bool(b.get("cuda_graph"))), default=None)
-        if base and r["per_step_ms"]:
+        if base and r[time_key]:
             r["speedup_vs_bf16_compiled" if base["compiled"] else "speedup_vs_bf16_eager"] = round(
-                base["per_step_ms"] / r["per_step_ms"], 3)
-        if base and r["peak_gib"] and base["peak_gib"]:
-            r["memory_ratio_vs_bf16"] = round(base["peak_gib"] / r["peak_gib"], 2)
+                base[time_key] / r[time_key], 3)
+        if base and r[peak_key] and base[peak_key]:
+            r["memory_ratio_vs_bf16"] = round(base[peak_key] / r[peak_key], 2)
 
 
 def _kernel_table(device: torch.device) -> dict | None:
