@@ -25,7 +25,8 @@ def protocol(cfg: DictConfig) -> Protocol:
     """The configured metrics and backends; with random evaluator weights the detector and judge are the native
     (shrunk) ones, since there is no random official runner."""
     bench = cfg.benchmark
-    chosen = Protocol(OmegaConf.to_container(bench.metrics), bench.detector, bench.judge)
+    chosen = Protocol(OmegaConf.to_container(bench.metrics), bench.detector, bench.judge,
+                      bench.get("numeracy_parser", "2024-11"))
     return replace(chosen, detector="native", judge="native") if bench.evaluator_weights == "random" else chosen
 
 
@@ -87,6 +88,7 @@ def score(cfg: DictConfig, images: Path) -> tuple[list[dict], dict]:
         rows += [{"filename": f"{category}/samples/{r['filename']}", "tag": category, "prompt": r["prompt"],
                   "score": r["score"], "metric": result.metric} for r in result.rows]
     return rows, {"evaluator": "t2i_compbench", "not_scored": skipped, "weights": bench.evaluator_weights,
+                  "numeracy_parser": chosen.numeracy_parser,
                   "metrics": {c: chosen.label(c) for c in categories}}
 
 

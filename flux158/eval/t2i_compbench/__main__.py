@@ -12,6 +12,7 @@ from pathlib import Path
 from flux158.eval.errors import IncompleteFolderError, WeightsUnavailableError
 from flux158.eval.t2i_compbench.folder import check_complete
 from flux158.eval.t2i_compbench.official import OfficialRunnerError
+from flux158.eval.t2i_compbench.rules import NUMERACY_PARSERS
 from flux158.eval.t2i_compbench.scoring import (
     BACKENDS,
     CATEGORIES,
@@ -52,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--complex-spatial", type=Path, help="complex: complex_val_spatial.txt (3-in-1 sub-types)")
     ap.add_argument("--complex-action", type=Path, help="complex: complex_val_action.txt")
     ap.add_argument("--numeracy-objects", type=Path, help="native numeracy: T2I-CompBench's new_objects.txt")
+    ap.add_argument("--numeracy-parser", choices=NUMERACY_PARSERS, default="2024-11",
+                    help="native numeracy: how counts are read from the prompt, as upstream's numeracy_eval.py at "
+                         "33d6305 (2024-11, the paper's era) or 01835fe (2025-01, number words before same-form "
+                         "nouns count)")
     ap.add_argument("--unidet-labels", type=Path,
                     help="native detector: UniDet's 722 class names, one per line (see shared SOURCES)")
     return ap
@@ -65,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.random_weights:
             args.detector = args.judge = "native"
-        protocol = Protocol({args.category: args.metric} if args.metric else {}, args.detector, args.judge)
+        protocol = Protocol({args.category: args.metric} if args.metric else {}, args.detector, args.judge,
+                            args.numeracy_parser)
         needed = protocol.needs([args.category])
         if "complex_subtypes" in needed and not (args.complex_spatial and args.complex_action):
             raise ValueError("3-in-1 needs --complex-spatial and --complex-action (the sub-type files)")
