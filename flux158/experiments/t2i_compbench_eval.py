@@ -13,6 +13,11 @@ from flux158.data import sources
 from flux158.data.pinned import fetch
 from flux158.data.prompts import load_complex_subtypes
 from flux158.errors import Flux158Error
+from flux158.eval import pins
+from flux158.eval.t2i_compbench.bvqa import BLIP_VQA
+from flux158.eval.t2i_compbench.clipscore import CLIP_B32
+from flux158.eval.t2i_compbench.depth import DPT_HYBRID
+from flux158.eval.t2i_compbench.native import OWLV2
 from flux158.eval.t2i_compbench.scoring import CATEGORIES, ModelSettings, Protocol, load_models, score_category
 from flux158.eval.t2i_compbench.tiny import tiny_models
 from flux158.eval.t2i_compbench.vocabulary import read_numeracy_objects, read_unidet_labels
@@ -59,6 +64,20 @@ def _models(cfg: DictConfig, needed: set[str], chosen: Protocol, labels: list[st
     return load_models(needed, chosen, settings)
 
 
+def _revisions(cfg: DictConfig, needed: set[str], chosen: Protocol) -> dict[str, str]:
+    """The hub commit of every model that scored (`flux158.eval.pins`); empty for random weights."""
+    bench = cfg.benchmark
+    if bench.evaluator_weights == "random":
+        return {}
+    repos = {"bvqa": BLIP_VQA, "clip": CLIP_B32, "depth": DPT_HYBRID}
+    used = [repo for name, repo in repos.items() if name in needed]
+    if "detector" in needed and chosen.detector == "native":
+        used.append(bench.detector_model or OWLV2)
+    if "judge" in needed and chosen.judge == "native" and bench.judge_model:
+        used.append(bench.judge_model)
+    return pins.recorded(used)
+
+
 def score(cfg: DictConfig, images: Path) -> tuple[list[dict], dict]:
     """One row per image (`tag` = category, `score`) over the configured categories, and what scored them.
 
@@ -88,7 +107,7 @@ def score(cfg: DictConfig, images: Path) -> tuple[list[dict], dict]:
         rows += [{"filename": f"{category}/samples/{r['filename']}", "tag": category, "prompt": r["prompt"],
                   "score": r["score"], "metric": result.metric} for r in result.rows]
     return rows, {"evaluator": "t2i_compbench", "not_scored": skipped, "weights": bench.evaluator_weights,
-                  "numeracy_parser": chosen.numeracy_parser,
+                  "numeracy_parser": chosen.numeracy_parser, "revisions": _revisions(cfg, needed, chosen),
                   "metrics": {c: chosen.label(c) for c in categories}}
 
 
