@@ -52,17 +52,16 @@ def test_recorded_revisions_say_pinned_unpinned_or_as_given():
         CLIP_B32: pins.PINS[CLIP_B32].revision, DPT_HYBRID: "unpinned", "me/judge": "as given"}
 
 
-def test_t2i_compbench_metrics_record_the_revisions_of_the_models_that_scored(compose):
-    from flux158.eval.t2i_compbench.scoring import Protocol
-    from flux158.experiments.t2i_compbench_eval import _revisions
+def test_t2i_compbench_records_the_revisions_of_the_models_that_scored():
+    from flux158.eval.t2i_compbench.evaluator import _revisions
+    from flux158.eval.t2i_compbench.scoring import ModelSettings, Protocol
 
-    cfg = compose("experiment=t2i_compbench", "model=tiny", "logger=none", "benchmark.evaluator_weights=pretrained",
-                  "benchmark.detector=native")
     chosen = Protocol(detector="native")
-    assert _revisions(cfg, {"bvqa", "nlp", "detector", "depth"}, chosen) == {
+    assert _revisions({"bvqa", "nlp", "detector", "depth"}, chosen, ModelSettings()) == {
         BLIP_VQA: pins.PINS[BLIP_VQA].revision, DPT_HYBRID: "unpinned", OWLV2: pins.PINS[OWLV2].revision}
-    random = compose("experiment=t2i_compbench", "model=tiny", "logger=none")
-    assert _revisions(random, {"bvqa"}, chosen) == {}  # shrunk random models have no hub source
+    assert _revisions({"detector", "judge"}, Protocol(detector="native", judge="native"),
+                      ModelSettings(detector_model="me/owl", judge_model="me/judge")) == {
+        "me/owl": "as given", "me/judge": "as given"}
 
 
 def test_check_pins_confirms_each_pin_and_reports_what_it_cannot(capsys):
