@@ -21,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from flux158.eval import pins  # noqa: E402
 from flux158.eval.geneval.weights import MASK2FORMER_SWIN_S_MMDET3  # noqa: E402
 from flux158.eval.t2i_compbench.bvqa import BLIP_VQA  # noqa: E402
 from flux158.eval.t2i_compbench.clipscore import CLIP_B32  # noqa: E402
@@ -34,11 +35,34 @@ def _hub(repo_id: str, cache_dir: Path) -> Callable[[], object]:
     def fetch():
         from huggingface_hub import snapshot_download
 
-        # the PyTorch weights and their configs; not the TensorFlow/Flax/ONNX copies some repos also hold
-        return snapshot_download(repo_id, cache_dir=cache_dir,
+        # the pinned commit (flux158/eval/pins.py), the PyTorch weights and their configs; not the
+        # TensorFlow/Flax/ONNX copies some repos also hold
+        return snapshot_download(repo_id, revision=pins.revision(repo_id), cache_dir=cache_dir,
                                  ignore_patterns=["*.h5", "*.msgpack", "*.onnx", "*.ot", "*.tflite", "*.mlmodel"])
 
     return fetch
+
+
+def check_pins(api=None) -> int:
+    """Confirm each pin against the hub, and print the current commit of `main` for every repo: a maintainer with
+    hub access pastes a new or confirmed commit into flux158/eval/pins.py."""
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    bad = 0
+    for repo, pin in pins.PINS.items():
+        try:
+            main = api.model_info(repo).sha
+            if pin.revision is not None:
+                api.model_info(repo, revision=pin.revision)
+            state = "unpinned" if pin.revision is None else ("pinned = main" if pin.revision == main else
+                                                              f"pinned {pin.revision} (exists)")
+            print(f"{repo}: main is {main}; {state}")
+        except Exception as e:  # one unreachable repo must not hide the others
+            bad += 1
+            print(f"{repo}: cannot confirm {pin.revision or 'main'}: {type(e).__name__}: {e}", file=sys.stderr)
+    return 2 if bad else 0
 
 
 def _open_clip(model: str, pretrained: str, cache_dir: Path) -> Callable[[], object]:
@@ -73,7 +97,8 @@ def plan(groups: list[str], cache_dir: Path, judge_model: str | None = None) -> 
                   ("geneval", "open_clip ViT-L-14/openai (colors)", _open_clip("ViT-L-14", "openai", cache_dir))]
     if "t2i_compbench" in groups:
         repos = [BLIP_VQA, CLIP_B32, DPT_HYBRID, OWLV2] + ([judge_model] if judge_model else [])
-        items += [("t2i_compbench", f"hub {repo}", _hub(repo, cache_dir)) for repo in repos]
+        items += [("t2i_compbench", f"hub {repo} @ {pins.revision(repo) or 'main'}", _hub(repo, cache_dir))
+                  for repo in repos]
     if "fidelity" in groups:
         items += [("fidelity", "torchvision AlexNet (LPIPS backbone)", _alexnet),
                   ("fidelity", "open_clip ViT-L-14/openai (CLIP similarity)",
@@ -87,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", type=Path, default=REPO / "outputs" / "cache" / "eval")
     ap.add_argument("--judge-model", help="also fetch this hub repo (a LLaVA-format ShareGPT4V conversion)")
     ap.add_argument("--dry-run", action="store_true", help="list what would be fetched")
+    ap.add_argument("--check-pins", action="store_true",
+                    help="confirm flux158/eval/pins.py against the hub and print each repo's current commit")
     args = ap.parse_args(argv)
+    if args.check_pins:
+        return check_pins()
     items = plan(args.only, args.cache_dir, args.judge_model)
     failed = []
     for group, what, fetch in items:

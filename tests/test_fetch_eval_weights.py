@@ -11,8 +11,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fetch_eval_weights.p
 def test_dry_run_lists_every_evaluators_weights():
     out = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--judge-model", "me/sharegpt4v-7b-hf"],
                          capture_output=True, text=True, check=True).stdout.splitlines()
-    assert "t2i_compbench: hub Salesforce/blip-vqa-capfilt-large" in out
-    assert "t2i_compbench: hub me/sharegpt4v-7b-hf" in out
+    assert "t2i_compbench: hub Salesforce/blip-vqa-capfilt-large @ c6af15bed424cf343aab3ff3bb31417ba272923a" in out
+    assert "t2i_compbench: hub Intel/dpt-hybrid-midas @ main" in out  # listed, not pinned
+    assert "t2i_compbench: hub me/sharegpt4v-7b-hf @ main" in out  # the user's own
     assert any("c9d0c4f2.pth" in line for line in out)  # GenEval's mmdet checkpoint
     assert "fidelity: torchvision AlexNet (LPIPS backbone)" in out and len(out) == 9
 

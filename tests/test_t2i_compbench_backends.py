@@ -316,7 +316,11 @@ def test_experiment_scores_all_eight_categories_in_this_environment(compose, sma
 
 
 def test_paper_metrics_are_the_default_and_classic_ones_selectable(compose):
-    from flux158.experiments.t2i_compbench_eval import protocol
+    from flux158.eval.t2i_compbench.evaluator import protocol_for
+    from flux158.experiments.evaluate import t2i_protocol
+
+    def protocol(cfg):
+        return protocol_for(t2i_protocol(cfg), cfg.benchmark.evaluator_weights)
 
     base = ("experiment=t2i_compbench", "model=tiny", "logger=none", "benchmark.evaluator_weights=pretrained")
     chosen = protocol(compose(*base))
@@ -362,3 +366,24 @@ def test_cli_scores_with_the_native_detector_and_shrunk_models(tmp_path, capsys)
     assert "numeracy (unidet-count (native)):" in capsys.readouterr().out
     written = json.loads((category / "t2i_compbench" / "metrics.json").read_text())
     assert written["num_images"] == 2 and 0.0 <= written["score"] <= 1.0
+
+
+def test_cli_and_stage_write_the_same_metrics_for_the_same_folder(compose, tmp_path):
+    """One evaluator object behind both: the stage's metrics.json, less its provenance, equals the CLI's."""
+    from flux158.eval.t2i_compbench.__main__ import main
+    from flux158.experiments import evaluate, generate, provenance
+
+    cfg = compose("experiment=t2i_compbench", "model=tiny", "logger=none", "benchmark.limit_per_group=1",
+                  "benchmark.samples_per_prompt=2", "benchmark.categories=[color,numeracy,spatial,non_spatial]")
+    images = generate.run(cfg)
+    stage = json.loads((evaluate.run(cfg) / "metrics.json").read_text())
+    dataset = SHARED / "t2i_compbench" / "dataset"
+    assert main([str(images), "--random-weights", "--seed", str(cfg.seed), "--samples", "2", "--out",
+                 str(tmp_path / "cli"), "--numeracy-objects", str(dataset / "new_objects.txt"),
+                 "--unidet-labels", str(SHARED / "t2i_compbench" / "unidet_detection_features_labels_722.txt")]) == 0
+    cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    provenance_fields = {"model", "quant", "benchmark", "config_hash", "images_dir", "random_weights",
+                         *provenance.environment()}
+    assert {k: v for k, v in stage.items() if k not in provenance_fields} == cli
+    assert set(cli["metrics"]) == {"color", "numeracy", "spatial", "non_spatial", "average"}
+    assert cli["num_images"] == 8 and cli["evaluator"]["numeracy_parser"] == "2024-11"

@@ -32,6 +32,8 @@ EVALUATE_KEYS = [*GENERATE_KEYS, "benchmark.evaluator", "benchmark.threshold", "
                  "benchmark.clip_pretrained", "benchmark.evaluator_weights", "benchmark.official_checkout",
                  "benchmark.bvqa_image_size", "benchmark.metrics", "benchmark.judge", "benchmark.judge_model",
                  "benchmark.detector_model", "fidelity"]
+# Settings added after artifacts existed: hashed only when the config has them, so older directories keep their names.
+LATER_EVALUATE_KEYS = ["benchmark.numeracy_parser"]
 STORAGE_KEYS = ["model", "quant"]
 LATENCY_KEYS = ["model", "sampler", "latency"]
 ACTIVATION_KEYS = ("act_bits", "act_format")  # applied at load time: W2A16 and W1.58A8 share one checkpoint
@@ -90,7 +92,8 @@ def generate_artifact(cfg: DictConfig) -> tuple[Path, dict]:
 
 
 def evaluate_artifact(cfg: DictConfig) -> tuple[Path, dict]:
-    return benchmark_artifact(cfg, "evaluate", EVALUATE_KEYS)
+    later = [k for k in LATER_EVALUATE_KEYS if OmegaConf.select(cfg, k) is not None]
+    return benchmark_artifact(cfg, "evaluate", [*EVALUATE_KEYS, *later])
 
 
 def storage_artifact(cfg: DictConfig) -> tuple[Path, dict]:

@@ -12,55 +12,86 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from flux158.artifacts import atomic_write, atomic_write_text, is_done
+from flux158.data import sources
+from flux158.data.pinned import fetch
+from flux158.data.prompts import load_complex_subtypes
 from flux158.errors import Flux158Error
 from flux158.eval.errors import WeightsUnavailableError
+from flux158.eval.evaluator import Evaluator, GenEvalEvaluator, ToyWorldEvaluator, metrics_record
 from flux158.eval.fidelity import ClipSimilarity, Perceptual, image_fidelity
 from flux158.eval.geneval.build import build_scorer, register_tiny_clip
 from flux158.eval.geneval.detector import DetectorUnavailableError
 from flux158.eval.geneval.folder import IncompleteFolderError
-from flux158.eval.geneval.rules import summarize
 from flux158.eval.intervals import as_json, comparison_json, paired_comparison, score_intervals
-from flux158.eval.toyworld.detector import ToyDetector
-from flux158.eval.toyworld.scoring import score_folder
-from flux158.experiments import artifact_dirs, provenance, resolve, t2i_compbench_eval, tracking
-from flux158.toyworld.scenes import BACKGROUND, PALETTE
+from flux158.eval.t2i_compbench.evaluator import TextData as T2ITextData
+from flux158.eval.t2i_compbench.evaluator import build_evaluator as build_t2i_compbench
+from flux158.eval.t2i_compbench.evaluator import protocol_for
+from flux158.eval.t2i_compbench.scoring import CATEGORIES, ModelSettings, Protocol
+from flux158.eval.t2i_compbench.vocabulary import read_numeracy_objects, read_unidet_labels
+from flux158.experiments import artifact_dirs, provenance, resolve, tracking
 
 log = logging.getLogger(__name__)
 
-def _score(cfg: DictConfig, images: Path) -> tuple[list[dict], dict]:
-    """The rows of `results.jsonl` and a description of the evaluator's models."""
-    evaluator = cfg.benchmark.get("evaluator")
+def _evaluator(cfg: DictConfig) -> Evaluator:
+    """The benchmark's evaluator, built from the config (`flux158.eval.evaluator`): translation only."""
+    bench = cfg.benchmark
+    evaluator = bench.get("evaluator")
     if evaluator == "toyworld":
-        detector = ToyDetector(PALETTE, BACKGROUND)
-        rows = score_folder(detector, images, cfg.benchmark.threshold, cfg.benchmark.counting_threshold)
-        return rows, {"evaluator": "toyworld (exact detector)"}
+        return ToyWorldEvaluator(bench.threshold, bench.counting_threshold)
+    _, _, device = resolve.process()
     if evaluator == "geneval":
-        bench = cfg.benchmark
-        _, _, device = resolve.process()
         log.info("evaluate: GenEval with the %s detector (%s weights) and open_clip %s/%s on %s", bench.detector,
                  bench.evaluator_weights, bench.clip_model, bench.clip_pretrained, device)
-        try:
-            scorer = build_scorer(bench.detector, bench.evaluator_weights, str(device),
-                                  Path(bench.detector_checkpoint) if bench.get("detector_checkpoint") else None,
-                                  bench.clip_model, bench.clip_pretrained, Path(cfg.paths.cache_dir) / "eval")
-            scorer.threshold, scorer.counting_threshold = bench.threshold, bench.counting_threshold
-            rows = scorer.score_folder(images, [item.index for item in resolve.prompts(cfg)],
-                                       bench.samples_per_prompt)
-            return rows, {"evaluator": "geneval", **scorer.description}
-        except (DetectorUnavailableError, WeightsUnavailableError, IncompleteFolderError) as e:
-            raise Flux158Error(str(e)) from None
+        scorer = build_scorer(bench.detector, bench.evaluator_weights, str(device),
+                              Path(bench.detector_checkpoint) if bench.get("detector_checkpoint") else None,
+                              bench.clip_model, bench.clip_pretrained, Path(cfg.paths.cache_dir) / "eval")
+        scorer.threshold, scorer.counting_threshold = bench.threshold, bench.counting_threshold
+        return GenEvalEvaluator(scorer, [item.index for item in resolve.prompts(cfg)], bench.samples_per_prompt)
     if evaluator == "t2i_compbench":
-        try:
-            return t2i_compbench_eval.score(cfg, images)
-        except (WeightsUnavailableError, IncompleteFolderError) as e:
-            raise Flux158Error(str(e)) from None
-    raise Flux158Error(f"benchmark {cfg.benchmark.name!r} has no evaluator (evaluator={evaluator})")
+        categories = list(bench.categories or CATEGORIES)
+        protocol = t2i_protocol(cfg)
+        prompts: dict[str, list[str]] = {}
+        for item in sorted(resolve.prompts(cfg), key=lambda i: i.index):
+            prompts.setdefault(item.group, []).append(item.prompt)
+        settings = ModelSettings(device=str(device), cache_dir=Path(cfg.paths.cache_dir) / "eval",
+                                 bvqa_image_size=bench.bvqa_image_size,
+                                 official_checkout=Path(bench.official_checkout) if bench.official_checkout else None,
+                                 unidet_python=bench.unidet_python, judge_python=bench.judge_python,
+                                 judge_model=bench.judge_model, detector_model=bench.detector_model)
+        needed = protocol_for(protocol, bench.evaluator_weights).needs(categories)
+        return build_t2i_compbench(categories, protocol, weights=bench.evaluator_weights, settings=settings,
+                                   data=_t2i_text_data(cfg, needed, protocol_for(protocol, bench.evaluator_weights)),
+                                   samples_per_prompt=bench.samples_per_prompt, prompts=prompts, seed=cfg.seed)
+    raise Flux158Error(f"benchmark {bench.name!r} has no evaluator (evaluator={evaluator})")
 
 
-def _summary(cfg: DictConfig, rows: list[dict]) -> dict[str, float]:
-    if cfg.benchmark.get("evaluator") == "t2i_compbench":
-        return t2i_compbench_eval.summarize(rows, list(cfg.benchmark.categories or []))
-    return summarize(rows)
+def t2i_protocol(cfg: DictConfig) -> Protocol:
+    """The configured T2I-CompBench metrics, backends and numeracy parser."""
+    bench = cfg.benchmark
+    return Protocol(OmegaConf.to_container(bench.metrics), bench.detector, bench.judge,
+                    bench.get("numeracy_parser", "2024-11"))
+
+
+def _t2i_text_data(cfg: DictConfig, needed: set[str], protocol: Protocol) -> T2ITextData:
+    """The pinned text files the chosen T2I-CompBench metrics read, fetched (sha256-checked) only when needed."""
+    mirror = cfg.paths.get("prompt_mirror")
+    where = (Path(cfg.paths.data_dir), [Path(mirror)] if mirror else [])
+    native = "detector" in needed and protocol.detector == "native"
+    return T2ITextData(
+        complex_subtypes=load_complex_subtypes(*where) if "complex_subtypes" in needed else None,
+        numeracy_objects=(read_numeracy_objects(fetch(sources.T2I_NUMERACY_OBJECTS, *where))
+                          if "numeracy_objects" in needed else None),
+        unidet_labels=read_unidet_labels(fetch(sources.UNIDET_LABELS, *where)) if native else ())
+
+
+def _score(cfg: DictConfig, images: Path) -> tuple[list[dict], Evaluator]:
+    """The rows of `results.jsonl` and the evaluator that scored them; unavailable weights or an incomplete folder
+    become one clear error."""
+    try:
+        evaluator = _evaluator(cfg)
+        return evaluator.score(images), evaluator
+    except (DetectorUnavailableError, WeightsUnavailableError, IncompleteFolderError) as e:
+        raise Flux158Error(str(e)) from None
 
 
 def _fidelity_models(cfg: DictConfig, device: str) -> tuple[Perceptual | None, ClipSimilarity | None, dict]:
@@ -177,15 +208,14 @@ def run(cfg: DictConfig) -> Path:
     start = time.perf_counter()
     rows, evaluator = _score(cfg, images)
     scoring_seconds = time.perf_counter() - start
-    scores = _summary(cfg, rows)
+    record = metrics_record(evaluator, rows)
+    scores = record["metrics"]
     fidelity = _fidelity_to_bf16(cfg, images, rows)
     intervals, retention = _intervals(cfg, rows), _retention_vs_bf16(cfg, rows)
     metrics = {
         "model": cfg.model.name, "quant": cfg.quant.name, "benchmark": cfg.benchmark.name,
-        **provenance.random_weights(cfg),
-        "config_hash": out.name.rsplit("-", 1)[-1], "images_dir": str(images), "num_images": len(rows),
-        **_quantized_with(cfg), **provenance.environment(), "metrics": scores,
-        "evaluator": evaluator,
+        **provenance.random_weights(cfg), "config_hash": out.name.rsplit("-", 1)[-1], "images_dir": str(images),
+        **_quantized_with(cfg), **provenance.environment(), **record,
     }
     for key, value in (("intervals", intervals), ("retention_vs_bf16", retention),
                        ("fidelity_to_bf16", fidelity)):

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flux158.eval import pins
 from flux158.eval.geneval.colors import ColorClassifier
-from flux158.eval.geneval.detector import TINY_MMDET_OPTIONS, Detector, HFMask2Former, MMDetMask2Former
+from flux158.eval.geneval.detector import HF_MODEL, TINY_MMDET_OPTIONS, Detector, HFMask2Former, MMDetMask2Former
 from flux158.eval.geneval.scoring import GenEvalScorer
+from flux158.eval.geneval.weights import MASK2FORMER_SWIN_S_MMDET3
 
 DETECTORS = ("mmdet", "hf")
 TINY_CLIP = "flux158-tiny-clip"
@@ -64,6 +66,11 @@ def build_scorer(detector: str = "mmdet", weights: str = "pretrained", device: s
                                                   str(checkpoint or "Swin-S COCO instance, pinned checkpoint")),
         "colors": f"open_clip {TINY_CLIP} (random weights)" if random else f"open_clip {clip_model}/{clip_pretrained}",
     }
+    if not random:
+        description["revisions"] = {
+            **(pins.recorded([HF_MODEL]) if detector == "hf" else
+               {"mmdet": str(checkpoint) if checkpoint else f"{MASK2FORMER_SWIN_S_MMDET3.filename} (sha256-pinned)"}),
+            f"open_clip {clip_model}/{clip_pretrained}": pins.OPEN_CLIP}
     return GenEvalScorer(build_detector(detector, weights, device, checkpoint, cache_dir),
                          build_colors(weights, clip_model, clip_pretrained, device, cache_dir),
                          description=description)

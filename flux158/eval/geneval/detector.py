@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from flux158.eval import pins
 from flux158.eval.geneval.classes import COCO_CLASSES, OBJECT_NAMES, RENAMED
 from flux158.eval.geneval.rules import Detection
 from flux158.eval.geneval.weights import MASK2FORMER_SWIN_S_MMDET3, PinnedFile, fetch
@@ -139,6 +140,7 @@ class HFMask2Former:
             self.model = Mask2FormerForUniversalSegmentation(config)
             self.processor = Mask2FormerImageProcessor()
         else:
+            revision = pins.revision(model_id, revision)
             try:
                 self.model = Mask2FormerForUniversalSegmentation.from_pretrained(model_id, revision=revision,
                                                                                  cache_dir=cache_dir)

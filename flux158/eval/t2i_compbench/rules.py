@@ -154,28 +154,43 @@ def deduplicate(detections: Sequence[Detection], threshold: float = 0.9) -> list
     return [k.label for k in kept]
 
 
-def parse_counts(tokens: Sequence[str], singular: Sequence[str], plural: Sequence[str]) -> list[tuple[str, int]]:
-    """(object, count) pairs read from the prompt's tokens (the 2025-01-04 parser, with the a/an/one guards).
+NUMERACY_PARSERS = ("2024-11", "2025-01")
 
-    A number word followed by a known one- or two-word object (from `new_objects.txt`) gives a pair; plurals are
-    mapped to their singular. A count that word2number cannot read ("a"/"an" before a plural-only noun) drops the
-    pair (upstream the lists would then misalign).
+
+def parse_counts(tokens: Sequence[str], singular: Sequence[str], plural: Sequence[str],
+                 parser: str = "2024-11") -> list[tuple[str, int]]:
+    """(object, count) pairs read from the prompt's tokens, as upstream's `numeracy_eval.py` reads them.
+
+    A number word followed by a known one- or two-word object (from `new_objects.txt`, singular and plural lists)
+    gives a pair; a plural maps to the singular at its first position in the lists. The parsers:
+    - `2024-11` (commit 33d6305, the paper's era): a word of the singular list always counts 1, whatever number
+      precedes it, so a noun whose singular and plural forms are the same ("three sheep") counts 1; a two-word
+      plural counts its number word.
+    - `2025-01` (commit 01835fe, 2025-01-04): "a"/"an"/"one" give 1 and any other number word its value, also
+      before a same-form noun ("three sheep" -> 3).
+    A count that word2number cannot read ("a"/"an" before a plural-only noun; upstream stops in pdb in 2024 and
+    misaligns its lists in 2025) drops the pair.
     """
-    to_singular = dict(zip(plural, singular, strict=True))
-    known = set(singular) | set(plural)
+    if parser not in NUMERACY_PARSERS:
+        raise ValueError(f"unknown numeracy parser {parser!r}; choose one of {NUMERACY_PARSERS}")
+    to_singular: dict[str, str] = {}
+    for p, s in zip(plural, singular, strict=True):
+        to_singular.setdefault(p, s)  # upstream: object_s[object_p.index(word)]
+    singulars, known = set(singular), set(singular) | set(plural)
+    guarded = parser == "2025-01"
     pairs: list[tuple[str, int]] = []
     for i, word in enumerate(tokens):
         if word not in NUMBER_WORDS:
             continue
         bigram = f"{tokens[i + 1]} {tokens[i + 2]}" if i < len(tokens) - 2 else None
         if bigram in known:
-            if bigram in to_singular and word not in ("a", "an", "one"):
+            if bigram in to_singular and not (guarded and word in ("a", "an", "one")):
                 obj, count = to_singular[bigram], _NUMBER_VALUES.get(word)
             else:
                 obj, count = bigram, 1
         elif i + 1 < len(tokens) and tokens[i + 1] in known:
             noun = tokens[i + 1]
-            if noun in singular and word in ("a", "an", "one"):
+            if noun in singulars and (not guarded or word in ("a", "an", "one")):
                 obj, count = noun, 1
             else:
                 obj, count = to_singular.get(noun, noun), _NUMBER_VALUES.get(word)

@@ -48,6 +48,7 @@ class Protocol:
     metrics: Mapping[str, str] = field(default_factory=lambda: dict(PAPER_METRICS))
     detector: str = "official"
     judge: str = "official"
+    numeracy_parser: str = "2024-11"  # how the native detector's numeracy reads counts (rules.NUMERACY_PARSERS)
 
     def __post_init__(self) -> None:
         for category, metric in self.metrics.items():
@@ -55,6 +56,9 @@ class Protocol:
                 raise ValueError(f"unknown T2I-CompBench category {category!r}; choose from {CATEGORIES}")
             if metric not in METRIC_CHOICES[category]:
                 raise ValueError(f"{category} is scored with one of {METRIC_CHOICES[category]}, not {metric!r}")
+        if self.numeracy_parser not in rules.NUMERACY_PARSERS:
+            raise ValueError(f"unknown numeracy parser {self.numeracy_parser!r}; choose one of "
+                             f"{rules.NUMERACY_PARSERS}")
         for name, backend in (("detector", self.detector), ("judge", self.judge)):
             if backend not in BACKENDS:
                 raise ValueError(f"{name} backend {backend!r}: choose one of {BACKENDS}")
@@ -179,7 +183,7 @@ def _tokens(nlp, prompt: str) -> list[tuple[str, str]]:
 
 
 def _detector_scores(category: str, samples: Sequence[Sample], detector, nlp, depth, numeracy_objects,
-                     complex_mode: bool, progress: bool) -> list[float]:
+                     complex_mode: bool, progress: bool, numeracy_parser: str = "2024-11") -> list[float]:
     """Per-image 2D / 3D / numeracy scores from the official runner, or the rules over native detections."""
     if isinstance(detector, OfficialRunner):
         by_id = detector.run(category, samples[0].path.parent.parent, complex_mode)
@@ -189,7 +193,7 @@ def _detector_scores(category: str, samples: Sequence[Sample], detector, nlp, de
         tokens = _tokens(nlp, sample.prompt)
         detections = detector.detect(image)
         if category == "numeracy":
-            pairs = rules.parse_counts([t for t, _ in tokens], *numeracy_objects)
+            pairs = rules.parse_counts([t for t, _ in tokens], *numeracy_objects, parser=numeracy_parser)
             return rules.score_numeracy(pairs, rules.deduplicate(detections)) if pairs else 0.0
         if category == "spatial":
             objects = rules.objects_around_prepositions(tokens) if complex_mode else rules.first_and_last_noun(tokens)
@@ -246,7 +250,8 @@ def score_category(category_dir: Path, category: str, prompts: Sequence[str] | N
         clip_scores = _per_image(samples, lambda image, s: clip.score(image, text[s.prompt]), "CLIPScore", progress)
         scores = three_in_one(prompts, attribute, spatial, clip_scores, *complex_subtypes, samples_per_prompt)
     else:
-        scores = _detector_scores(category, samples, detector, nlp, depth, numeracy_objects, False, progress)
+        scores = _detector_scores(category, samples, detector, nlp, depth, numeracy_objects, False, progress,
+                                  protocol.numeracy_parser)
     rows = [{"filename": s.path.name, "question_id": s.counter, "prompt": s.prompt, "score": v}
             for s, v in zip(samples, scores, strict=True)]
     mean = sum(scores) / len(scores) if scores else float("nan")
