@@ -64,7 +64,8 @@ def run(cfg: DictConfig) -> Path:
         )
         stats = {"images_generated": report.generated, "images_skipped": report.skipped,
                  "images_per_second": report.images_per_second, "seconds": report.seconds,
-                 "first_call_seconds": report.first_call_seconds, "prompts": len(mine), "shard_index": index,
+                 "first_call_seconds": report.first_call_seconds, "first_call_images": report.first_call_images,
+                 "prompts": len(mine), "shard_index": index,
                  "shard_count": count}
         if graphs is not None:
             stats |= {"cuda_graphs_captured": graphs.captured, "cuda_graph_replays": graphs.replayed,

@@ -48,6 +48,7 @@ class GenerationReport:
     skipped: int = 0
     seconds: float = 0.0
     first_call_seconds: float | None = None
+    first_call_images: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -116,6 +117,7 @@ def generate_images(
                     images = _sample(pipe, item.prompt, chunk, base_seed, item.index, sampler)
                     if report.first_call_seconds is None:
                         report.first_call_seconds = time.perf_counter() - began
+                        report.first_call_images = len(chunk)
                     for k, path in missing:
                         image = images[k - chunk.start]
                         atomic_write(path, lambda tmp, im=image: im.save(tmp, format="PNG"))
