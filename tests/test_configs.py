@@ -9,6 +9,7 @@ from conftest import REPO, run_cli
 from flux158.experiments import pipeline, resolve
 from flux158.generation.images import SamplerSettings
 from flux158.models import HubFluxSpec, TinyFluxSpec, ToyWorldSource
+from flux158.models.random import RandomFluxSpec
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
 
@@ -22,7 +23,7 @@ def test_experiment_composes_and_instantiates(compose, experiment):
     cfg = compose(f"experiment={experiment}")
     assert cfg.experiment_name == experiment
     assert isinstance(instantiate(cfg.sampler), SamplerSettings)
-    assert isinstance(resolve.model_spec(cfg), (HubFluxSpec, TinyFluxSpec, ToyWorldSource))
+    assert isinstance(resolve.model_spec(cfg), (HubFluxSpec, TinyFluxSpec, RandomFluxSpec, ToyWorldSource))
     from run import STAGES
 
     assert set(cfg.stages) <= set(STAGES)

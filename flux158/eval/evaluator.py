@@ -46,8 +46,11 @@ class GenEvalEvaluator:
 
 @dataclass
 class ToyWorldEvaluator:
-    """The toy world's exact detector under GenEval's rules."""
+    """The toy world's exact detector under GenEval's rules. The scene palette and background come from the caller
+    (the evaluators sit below the library and cannot import the toy world's scene definitions)."""
 
+    palette: dict[str, tuple[int, int, int]]
+    background: tuple[int, int, int]
     threshold: float = 0.3
     counting_threshold: float = 0.9
     description: dict[str, Any] = field(default_factory=lambda: {"evaluator": "toyworld (exact detector)"})
@@ -55,9 +58,8 @@ class ToyWorldEvaluator:
     def score(self, folder: Path) -> list[dict[str, Any]]:
         from flux158.eval.toyworld.detector import ToyDetector
         from flux158.eval.toyworld.scoring import score_folder
-        from flux158.toyworld.scenes import BACKGROUND, PALETTE
 
-        return score_folder(ToyDetector(PALETTE, BACKGROUND), folder, self.threshold, self.counting_threshold)
+        return score_folder(ToyDetector(self.palette, self.background), folder, self.threshold, self.counting_threshold)
 
     def summarize(self, rows: list[dict[str, Any]]) -> dict[str, float]:
         return pass_fail_summary(rows)

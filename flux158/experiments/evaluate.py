@@ -29,6 +29,7 @@ from flux158.eval.t2i_compbench.evaluator import protocol_for
 from flux158.eval.t2i_compbench.scoring import CATEGORIES, ModelSettings, Protocol
 from flux158.eval.t2i_compbench.vocabulary import read_numeracy_objects, read_unidet_labels
 from flux158.experiments import artifact_dirs, provenance, resolve, tracking
+from flux158.toyworld.scenes import BACKGROUND, PALETTE
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def _evaluator(cfg: DictConfig) -> Evaluator:
     bench = cfg.benchmark
     evaluator = bench.get("evaluator")
     if evaluator == "toyworld":
-        return ToyWorldEvaluator(bench.threshold, bench.counting_threshold)
+        return ToyWorldEvaluator(PALETTE, BACKGROUND, bench.threshold, bench.counting_threshold)
     _, _, device = resolve.process()
     if evaluator == "geneval":
         log.info("evaluate: GenEval with the %s detector (%s weights) and open_clip %s/%s on %s", bench.detector,
