@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 
 import hydra
@@ -54,6 +55,8 @@ def main(cfg: DictConfig) -> None:
             out = STAGES[stage](cfg)
             log.debug("stage %s -> %s", stage, out)  # each stage logs its own summary last
     except Flux158Error as e:  # a message the user can act on; a stack trace would only hide it
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # Hydra's own switch for the full trace
+            raise
         log.error("%s", e)
         sys.exit(2)
 

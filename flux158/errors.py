@@ -15,3 +15,7 @@ class PromptDataError(Flux158Error):
 
 class LayoutError(Flux158Error):
     """Prompts or sample indices cannot be written in the requested image layout."""
+
+
+class ConfigError(Flux158Error, ValueError):
+    """A setting is out of range or inconsistent (e.g. `shard.index` >= `shard.count`)."""

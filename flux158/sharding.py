@@ -6,6 +6,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import TypeVar
 
+from flux158.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -21,8 +23,8 @@ def seed_for(base_seed: int, prompt_index: int, sample_index: int) -> int:
 
 def combine_shards(index: int, count: int, process_index: int = 0, num_processes: int = 1) -> tuple[int, int]:
     """Fold a job-level shard (`shard.index`/`shard.count`) and a process rank into one global shard."""
-    if not 0 <= index < count:
-        raise ValueError(f"shard.index={index} must be in [0, shard.count={count})")
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"shard.index={index} must be in [0, shard.count={count}) and shard.count >= 1")
     if not 0 <= process_index < num_processes:
         raise ValueError(f"process index {process_index} must be in [0, {num_processes})")
     return index * num_processes + process_index, count * num_processes

@@ -135,3 +135,43 @@ def test_calibration_that_cannot_fit_the_disk_refuses_before_writing(compose, mo
     with pytest.raises(Flux158Error, match=r"12 prompts x 2 states .* but 0.0 GB are free.*Nothing was written"):
         calibrate.run(cfg)
     assert not artifact_dirs.calibration_artifact(cfg)[0].exists()
+
+
+def test_a_resumed_distill_records_every_block_and_the_work_of_every_run(compose, monkeypatch):
+    import json
+
+    import pytest
+
+    from flux158.experiments import artifact_dirs, calibrate, quantize
+    from flux158.quant import api
+
+    cfg = compose("experiment=smoke", "quant=distill", "logger=none", "quant.config.distill.block_steps=3",
+                  "quant.config.distill.e2e_steps=3")
+    calibrate.run(cfg)
+    real = api.distill_block
+
+    def dies_at_block_2(*args, **kwargs):
+        inner = real(*args, **kwargs)
+
+        def quantize_block(index, block, data):
+            if index == 2:
+                raise KeyboardInterrupt  # a kill after blocks 0 and 1 were saved
+            return inner(index, block, data)
+
+        return quantize_block
+
+    monkeypatch.setattr(api, "distill_block", dies_at_block_2)
+    with pytest.raises(KeyboardInterrupt):
+        quantize.run(cfg)
+    out = artifact_dirs.quantize_artifact(cfg)[0]
+    assert sorted(p.name for p in (out / "blocks").iterdir()) == ["block-000.safetensors", "block-001.safetensors"]
+    monkeypatch.setattr(api, "distill_block", real)
+    quantize.run(cfg)
+    metrics = json.loads((out / "metrics.json").read_text())
+    blocks = metrics["blocks"]
+    assert [b["block"] for b in blocks] == [0, 1, 2, 3]  # the first two reloaded with their records
+    assert all(b["seconds"] > 0 and b["loss_final"] < b["loss_init"] for b in blocks)
+    timings = metrics["timings"]
+    assert timings["blockwise_seconds"] == pytest.approx(sum(b["seconds"] for b in blocks))
+    assert metrics["metrics"]["seconds"] == pytest.approx(timings["blockwise_seconds"] + timings["e2e_seconds"])
+    assert metrics["metrics"]["seconds_this_run"] > 0

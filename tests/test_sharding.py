@@ -29,5 +29,5 @@ def test_seed_depends_only_on_base_prompt_sample():
 
 
 def test_bad_shard_index():
-    with pytest.raises(ValueError, match="shard.index=2"):
+    with pytest.raises(ValueError, match="shard.index=2"):  # a ConfigError: both a ValueError and a Flux158Error
         combine_shards(2, 2)

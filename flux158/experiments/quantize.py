@@ -79,7 +79,6 @@ def _quantize(cfg: DictConfig, config: TernaryConfig, out: Path) -> Path:
     log.info("quantize: %s with %s (%s) on %s%s -> %s", cfg.model.name, config.method, config.granularity, device,
              f", {len(train)} calibration rows" if config.needs_calibration else "", out)
     if isinstance(resolve.model_spec(cfg), HubFluxSpec) and not config.needs_calibration:
-        _start(cfg, out)
         transformer, report, storage, seconds = _streamed(cfg, config, out, device, heldout is not None)
     else:
         transformer, report, storage, seconds = _in_memory(cfg, config, out, device, train)
@@ -117,7 +116,8 @@ def _check_host_memory(config: TernaryConfig, train: CalibrationSet, transformer
 def _streamed(cfg: DictConfig, config: TernaryConfig, out: Path, device: torch.device, reload: bool):
     """FLUX.1-dev and other hub models: quantize the sharded BF16 weights tensor by tensor (no 24 GB in RAM)."""
     spec = resolve.model_spec(cfg)
-    source = transformer_folder(spec)
+    source = transformer_folder(spec)  # fails fast, before any output folder exists
+    _start(cfg, out)
     arch = json.loads((source / "config.json").read_text())
     storage = storage_report(meta_flux_transformer(arch), per_channel_scales=config.per_channel,
                              lowrank_rank=config.lowrank_rank)
@@ -155,6 +155,9 @@ def _in_memory(cfg: DictConfig, config: TernaryConfig, out: Path, device: torch.
 def _record(cfg: DictConfig, config: TernaryConfig, out: Path, transformer, report: QuantizationReport, storage,
             seconds: float, heldout: CalibrationSet | None, device: torch.device) -> None:
     """metrics.json, the W&B run and the completion marker."""
+    this_run = seconds
+    if report.timings:  # block-wise: the work of every run that built it (a resumed run did only the rest)
+        seconds = report.timings["blockwise_seconds"] + report.timings.get("e2e_seconds", 0.0)
     error = (velocity_error(transformer, heldout, cfg.quant.get("batch_size", 8), device)
              if heldout is not None and transformer is not None else None)
     summary = {
@@ -163,7 +166,7 @@ def _record(cfg: DictConfig, config: TernaryConfig, out: Path, transformer, repo
         "weight_sqnr_db_mean": report.mean_sqnr_db(), "zero_fraction": report.zero_fraction(),
         "bytes_bf16": storage.bf16_bytes, "bytes_2bit": storage.packed_bytes["2bit"],
         "bytes_trit5": storage.packed_bytes["trit5"], "ratio_2bit": storage.ratio("2bit"),
-        "ratio_trit5": storage.ratio("trit5"), "seconds": seconds,
+        "ratio_trit5": storage.ratio("trit5"), "seconds": seconds, "seconds_this_run": this_run,
         **({f"output_{k}": v for k, v in error.items()} if error else {}),
     }
     summary |= {f"{k}": v for k, v in report.timings.items()}

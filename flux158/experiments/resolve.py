@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from flux158.data.prompts import PromptItem, geneval_prompts_from_records, load_prompt_set, take_per_group
+from flux158.errors import ConfigError
 from flux158.models import ModelSpec
 from flux158.quant import TernaryConfig
 from flux158.sharding import combine_shards
@@ -100,6 +101,7 @@ def calibration_prompts(cfg: DictConfig) -> dict[str, list[str]]:
             pool = [item.prompt for item in load_prompt_set(calib.prompt_set, cache_dir=Path(cfg.paths.data_dir),
                                                              mirror_dirs=[Path(mirror)] if mirror else [])]
         if len(pool) < wanted:
-            raise ValueError(f"calib asks for {wanted} prompts but {calib.prompt_set!r} has {len(pool)}")
+            raise ConfigError(f"calib asks for {wanted} prompts (num_prompts + heldout) but {calib.prompt_set!r} "
+                              f"has {len(pool)}")
         texts = [pool[i] for i in rng.permutation(len(pool))[:wanted]]
     return {"heldout": texts[:calib.heldout], "train": texts[calib.heldout:]}

@@ -100,17 +100,22 @@ def quantize_(transformer: nn.Module, config: TernaryConfig, calib=None, *, devi
     limit = config.gptq.max_rows if config.method == "gptq" else config.distill.block_rows
     calib_rows = calib if limit is None else type(calib)(calib.records[:limit])
     if config.method == "gptq":
-        block_fn = gptq_block(config, device, report.blocks)
+        block_fn = gptq_block(config, device)
     else:
-        block_fn = distill_block(config, device, len(flux_blocks(transformer)), report.blocks)
+        block_fn = distill_block(config, device, len(flux_blocks(transformer)))
     report.layers = quantize_blockwise(transformer, calib_rows, config, block_fn, batch_size=batch_size,
-                                       device=device, checkpoint_dir=checkpoint_dir, progress=progress)
-    report.timings = {"blockwise_seconds": time.perf_counter() - start, "blockwise_rows": len(calib_rows),
-                      "blocks": len(flux_blocks(transformer))}
+                                       device=device, checkpoint_dir=checkpoint_dir, progress=progress,
+                                       records=report.blocks)
+    # the work of every run that built the result: each block's record keeps its own seconds across resumes
+    n_blocks = len(flux_blocks(transformer))
+    blockwise = (sum(r.get("seconds", 0.0) for r in report.blocks) if len(report.blocks) == n_blocks
+                 else time.perf_counter() - start)
+    report.timings = {"blockwise_seconds": blockwise, "blockwise_rows": len(calib_rows), "blocks": n_blocks}
     if config.method == "distill" and config.distill.e2e_steps:
-        start = time.perf_counter()
-        report.e2e_losses = tune_end_to_end(transformer, calib, config, device, progress, checkpoint_dir)
-        report.timings |= {"e2e_seconds": time.perf_counter() - start, "e2e_steps": config.distill.e2e_steps}
+        e2e_timing: dict[str, float] = {}
+        report.e2e_losses = tune_end_to_end(transformer, calib, config, device, progress, checkpoint_dir,
+                                            timing=e2e_timing)
+        report.timings |= {"e2e_seconds": e2e_timing["seconds"], "e2e_steps": config.distill.e2e_steps}
     return report
 
 

@@ -9,13 +9,16 @@ killed run recomputes the prefix from the saved blocks (a forward pass) instead 
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import FluxTransformer2DModel
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -68,7 +71,7 @@ def embed_calibration(transformer: FluxTransformer2DModel, calib: CalibrationSet
     return [embed(transformer, kwargs).to(storage) for kwargs, _ in calib.batches(batch_size, device, dtype)]
 
 
-QuantizeBlock = Callable[[int, nn.Module, BlockData], None]
+QuantizeBlock = Callable[[int, nn.Module, BlockData], dict | None]
 
 
 def held_bytes_per_row(calib: CalibrationSet, transformer: FluxTransformer2DModel) -> int:
@@ -84,13 +87,18 @@ def held_bytes_per_row(calib: CalibrationSet, transformer: FluxTransformer2DMode
 def quantize_blockwise(transformer: FluxTransformer2DModel, calib: CalibrationSet, config: TernaryConfig,
                        quantize_block: QuantizeBlock, *, batch_size: int = 8, device: torch.device | str = "cpu",
                        storage: torch.device | str = "cpu", checkpoint_dir: Path | None = None,
-                       progress: bool = True, prefix: str = "") -> dict[str, LayerStats]:
+                       progress: bool = True, prefix: str = "",
+                       records: list[dict] | None = None) -> dict[str, LayerStats]:
     """Run `quantize_block` on every FLUX block in order; returns per-layer weight statistics.
 
     Args:
-        quantize_block: replaces the block's linears with `TernaryLinear`s, given the block's calibration data.
-        checkpoint_dir: where finished blocks are saved and picked up again on resume (None: no resume).
+        quantize_block: replaces the block's linears with `TernaryLinear`s, given the block's calibration data, and
+            returns the block's record (or None).
+        checkpoint_dir: where finished blocks are saved, with their records, and picked up again on resume (None: no
+            resume).
         prefix: the transformer's module path inside the stats' names (e.g. "" for the transformer itself).
+        records: receives each block's record with its wall `seconds`, also for blocks reloaded on resume (the
+            record and seconds of the run that made them).
     """
     device, storage = torch.device(device), torch.device(storage)
     stats: dict[str, LayerStats] = {}
@@ -100,18 +108,26 @@ def quantize_blockwise(transformer: FluxTransformer2DModel, calib: CalibrationSe
     n_double = len(transformer.transformer_blocks)
     for b, block in enumerate(tqdm(blocks, desc=f"{config.method} blocks", unit="block", disable=not progress)):
         block_name = f"transformer_blocks.{b}" if b < n_double else f"single_transformer_blocks.{b - n_double}"
+        started = time.perf_counter()
         originals = {n: block.get_submodule(n).weight.detach().clone() for n in linear_names(block)}
         targets = _map(block, inputs_fp, device, storage)
         saved = Path(checkpoint_dir) / f"block-{b:03d}.safetensors" if checkpoint_dir else None
         if saved is not None and saved.exists():
             ternary_shell(block, config)
             block.load_state_dict(load_file(saved, device=str(device)))
+            with safe_open(saved, "pt") as f:
+                record = json.loads((f.metadata() or {}).get("record", "{}"))
             log.info("%s: block %d loaded from %s", config.method, b, saved)
         else:
-            quantize_block(b, block, BlockData(inputs_q, inputs_fp, targets))
+            record = dict(quantize_block(b, block, BlockData(inputs_q, inputs_fp, targets)) or {})
+            record["seconds"] = time.perf_counter() - started
             if saved is not None:
                 state = {k: v.detach().contiguous() for k, v in block.state_dict().items()}
-                atomic_write(saved, lambda tmp, state=state: save_file(state, tmp), shared=True)  # ranks agree
+                meta = {"record": json.dumps(record)}
+                atomic_write(saved, lambda tmp, state=state, meta=meta: save_file(state, tmp, metadata=meta),
+                             shared=True)  # ranks agree
+        if records is not None and record:
+            records.append(record)
         for name, w in originals.items():
             module = block.get_submodule(name)
             codes = module.codes()

@@ -213,12 +213,12 @@ def distill_block(config: TernaryConfig, device: torch.device | str, num_blocks:
                   history: list[dict] | None = None):
     """A `quantize_block` for `quantize_blockwise`: stage 0 + stage 1 on one block.
 
-    `history` (if given) receives per block the loss at the stage-0 init and after training, on all rows, the block's
-    kind (double or single), its training steps and their seconds.
+    Returns (and appends to `history`, if given) per block the loss at the stage-0 init and after training, on all
+    rows, the block's kind (double or single), its training steps and their seconds.
     """
     opts, device = config.distill, torch.device(device)
 
-    def quantize_block(index: int, block: nn.Module, data: BlockData) -> None:
+    def quantize_block(index: int, block: nn.Module, data: BlockData) -> dict:
         txt_weight = opts.txt_weight_last if index == num_blocks - 1 else 1.0
         names = linear_names(block)
         originals = {n: block.get_submodule(n) for n in names}
@@ -265,15 +265,17 @@ def distill_block(config: TernaryConfig, device: torch.device | str, num_blocks:
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - started
         after = full_loss()
+        kind = "single" if isinstance(block, FluxSingleTransformerBlock) else "double"
+        record = {"block": index, "kind": kind, "loss_init": before, "loss_final": after,
+                  "steps": opts.block_steps, "train_seconds": train_seconds}
         if history is not None:
-            kind = "single" if isinstance(block, FluxSingleTransformerBlock) else "double"
-            history.append({"block": index, "kind": kind, "loss_init": before, "loss_final": after,
-                            "steps": opts.block_steps, "train_seconds": train_seconds})
+            history.append(record)
         log.debug("distill block %d: relative block-output error %.4g -> %.4g", index, before, after)
         for n, m in students.items():
             original = originals[n]
             bias_dtype = original.bias.dtype if original.bias is not None else None
             replace_module(block, n, m.to_ternary(config, original.weight, bias_dtype))
+        return record
 
     return quantize_block
 
@@ -285,8 +287,9 @@ def _guided(v: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def _save_e2e(path: Path, step: int, losses: list[float], params: list[nn.Parameter],
-              optimizer: torch.optim.Optimizer) -> None:
-    tensors = {"step": torch.tensor([step]), "losses": torch.tensor(losses, dtype=torch.float64)}
+              optimizer: torch.optim.Optimizer, seconds: float = 0.0) -> None:
+    tensors = {"step": torch.tensor([step]), "losses": torch.tensor(losses, dtype=torch.float64),
+               "seconds": torch.tensor([seconds], dtype=torch.float64)}
     for i, p in enumerate(params):
         tensors[f"param.{i}"] = p.detach().contiguous()
         for key, value in optimizer.state.get(p, {}).items():
@@ -294,7 +297,8 @@ def _save_e2e(path: Path, step: int, losses: list[float], params: list[nn.Parame
     atomic_write(path, lambda tmp: save_file(tensors, tmp), shared=True)
 
 
-def _load_e2e(path: Path, params: list[nn.Parameter], optimizer: torch.optim.Optimizer) -> tuple[int, list[float]]:
+def _load_e2e(path: Path, params: list[nn.Parameter],
+              optimizer: torch.optim.Optimizer) -> tuple[int, list[float], float]:
     tensors = load_file(path)
     if sum(k.startswith("param.") for k in tensors) != len(params):
         raise ValueError(f"{path} was written for another model or configuration; delete it to start over")
@@ -303,17 +307,19 @@ def _load_e2e(path: Path, params: list[nn.Parameter], optimizer: torch.optim.Opt
         state = {k.split(".")[-1]: v.to(p.device) for k, v in tensors.items() if k.startswith(f"adam.{i}.")}
         if state:
             optimizer.state[p] = state
-    return int(tensors["step"]), tensors["losses"].tolist()
+    seconds = float(tensors["seconds"]) if "seconds" in tensors else 0.0  # older checkpoints lack it
+    return int(tensors["step"]), tensors["losses"].tolist(), seconds
 
 
 def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, config: TernaryConfig,
                     device: torch.device | str = "cpu", progress: bool = True, checkpoint_dir: Path | None = None,
-                    checkpoint_every: int = 200) -> list[float]:
+                    checkpoint_every: int = 200, timing: dict[str, float] | None = None) -> list[float]:
     """Stage 2: train every ternary layer's scale and bias (and, with `e2e_lr_weight > 0`, its latent weight
     through the straight-through quantizer) on the relative MSE to the cached teacher velocity.
 
     With `checkpoint_dir`, the trained tensors and Adam state are saved every `checkpoint_every` steps and a rerun
-    continues from the last save exactly (the same rows in the same order). Returns the losses, one per step.
+    continues from the last save exactly (the same rows in the same order). Returns the losses, one per step;
+    `timing["seconds"]` (if given) receives the seconds of all steps, over every run that made them.
     """
     opts, device = config.distill, torch.device(device)
     dtype = next(transformer.parameters()).dtype
@@ -340,7 +346,9 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
     checkpointing = opts.e2e_checkpointing is True or (opts.e2e_checkpointing == "auto" and device.type == "cuda")
     if checkpointing:
         transformer.enable_gradient_checkpointing()
-    start, losses = _load_e2e(saved, params, optimizer) if saved is not None and saved.exists() else (0, [])
+    resumed = saved is not None and saved.exists()
+    start, losses, before = _load_e2e(saved, params, optimizer) if resumed else (0, [], 0.0)
+    began = time.perf_counter()
     for _ in range(start):  # replay the row order up to the resumed step
         next(rows)
     if start:
@@ -363,8 +371,10 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
             _update(optimizer, base, step, opts.e2e_steps, loss, params, students, opts.grad_clip)
             losses.append(loss.item())
             if saved is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == opts.e2e_steps):
-                _save_e2e(saved, step + 1, losses, params, optimizer)
+                _save_e2e(saved, step + 1, losses, params, optimizer, before + time.perf_counter() - began)
     finally:
+        if timing is not None:
+            timing["seconds"] = before + time.perf_counter() - began
         if checkpointing:
             transformer.disable_gradient_checkpointing()
         for n, m in students.items():

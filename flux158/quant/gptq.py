@@ -107,11 +107,11 @@ def collect_hessians(block: nn.Module, names: list[str], data: BlockData,
 def gptq_block(config: TernaryConfig, device: torch.device | str, history: list[dict] | None = None):
     """A `quantize_block` for `quantize_blockwise` applying `gptq_ternary` to each linear of the block.
 
-    `history` (if given) receives per block its kind (double or single) and the seconds of its GPTQ solves (the
-    part of the cost that does not grow with the calibration rows)."""
+    Returns (and appends to `history`, if given) per block its kind (double or single) and the seconds of its GPTQ
+    solves (the part of the cost that does not grow with the calibration rows)."""
     options, device = config.gptq, torch.device(device)
 
-    def quantize_block(index: int, block: nn.Module, data: BlockData) -> None:
+    def quantize_block(index: int, block: nn.Module, data: BlockData) -> dict:
         groups = _execution_groups(block, data) if options.true_sequential else [linear_names(block)]
         solve_seconds = 0.0
         for group in groups:
@@ -125,8 +125,10 @@ def gptq_block(config: TernaryConfig, device: torch.device | str, history: list[
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             solve_seconds += time.perf_counter() - started
+        kind = "single" if isinstance(block, FluxSingleTransformerBlock) else "double"
+        record = {"block": index, "kind": kind, "solve_seconds": solve_seconds}
         if history is not None:
-            kind = "single" if isinstance(block, FluxSingleTransformerBlock) else "double"
-            history.append({"block": index, "kind": kind, "solve_seconds": solve_seconds})
+            history.append(record)
+        return record
 
     return quantize_block
