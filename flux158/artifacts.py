@@ -24,9 +24,21 @@ def partial_path(path: Path) -> Path:
     return path.with_name(path.name + PARTIAL_SUFFIX)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None], shared: bool = False) -> None:
-    """Call `write(tmp)` then rename `tmp` to `path`, so a kill never leaves a truncated `path`.
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a directory's) data and metadata to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
+
+def atomic_write(path: Path, write: Callable[[Path], None], shared: bool = False,
+                 check: Callable[[Path], None] | None = None) -> None:
+    """Call `write(tmp)`, fsync it, then rename `tmp` to `path` and fsync the folder, so neither a kill nor a power
+    loss leaves a truncated or empty `path`.
+
+    `check(tmp)` (if given) runs before the rename and raises on a bad file, which then never takes the name.
     `shared=True` is for files several processes may write at once (same content): the temp name then holds the
     pid so the writers do not clobber each other's temp file. Otherwise the temp name is `partial_path(path)`,
     which lets the owner of `path` find and remove the leftovers of a killed write.
@@ -34,7 +46,24 @@ def atomic_write(path: Path, write: Callable[[Path], None], shared: bool = False
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}") if shared else partial_path(path)
     write(tmp)
+    try:
+        if check is not None:
+            check(tmp)
+        fsync_path(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    """The sha256 of a file, streamed (constant memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_text(path: Path, text: str, shared: bool = False) -> None:

@@ -8,7 +8,8 @@
 `python -m flux158.eval.t2i_compbench` reads the Hugging Face default cache, so pass
 `--cache-dir ~/.cache/huggingface/hub` for it). The LPIPS backbone goes to
 torch.hub's directory ($TORCH_HOME). Each item is verified as its library does: OpenMMLab's sha256 prefix for the
-mmdet checkpoint, torchvision's hash for AlexNet, the hub's ETags for Hugging Face files.
+mmdet checkpoint, torchvision's hash for AlexNet, the hub's ETags for Hugging Face files. The mmdet checkpoint is a
+pickle: its full sha256 is printed, to compare with a trusted copy and pin in flux158/eval/geneval/weights.py.
 """
 
 from __future__ import annotations
@@ -77,8 +78,12 @@ def _open_clip(model: str, pretrained: str, cache_dir: Path) -> Callable[[], obj
 def _mmdet(cache_dir: Path) -> Callable[[], object]:
     def fetch():
         from flux158.eval.geneval.weights import fetch as fetch_pinned
+        from flux158.eval.geneval.weights import sha256_of
 
-        return fetch_pinned(MASK2FORMER_SWIN_S_MMDET3, cache_dir)
+        path = fetch_pinned(MASK2FORMER_SWIN_S_MMDET3, cache_dir)
+        pinned = "pinned" if MASK2FORMER_SWIN_S_MMDET3.fully_pinned else "not pinned yet: compare, then pin it"
+        print(f"        {path.name}: sha256 {sha256_of(path)} ({pinned})")
+        return path
 
     return fetch
 

@@ -7,3 +7,8 @@ class IncompleteFolderError(ValueError):
 
 class WeightsUnavailableError(RuntimeError):
     """An evaluator's weights are not cached and cannot be downloaded, or their hash does not match."""
+
+
+class BadInputError(ValueError):
+    """An input file of an evaluator cannot be read: an image that does not decode, a metadata file that is not
+    what its layout promises."""

@@ -16,7 +16,7 @@ from flux158.data import sources
 from flux158.data.pinned import fetch
 from flux158.data.prompts import load_complex_subtypes
 from flux158.errors import Flux158Error
-from flux158.eval.errors import WeightsUnavailableError
+from flux158.eval.errors import BadInputError, WeightsUnavailableError
 from flux158.eval.evaluator import Evaluator, GenEvalEvaluator, ToyWorldEvaluator, metrics_record
 from flux158.eval.fidelity import ClipSimilarity, Perceptual, image_fidelity
 from flux158.eval.geneval.build import build_scorer, register_tiny_clip
@@ -45,7 +45,8 @@ def _evaluator(cfg: DictConfig) -> Evaluator:
                  bench.evaluator_weights, bench.clip_model, bench.clip_pretrained, device)
         scorer = build_scorer(bench.detector, bench.evaluator_weights, str(device),
                               Path(bench.detector_checkpoint) if bench.get("detector_checkpoint") else None,
-                              bench.clip_model, bench.clip_pretrained, Path(cfg.paths.cache_dir) / "eval")
+                              bench.clip_model, bench.clip_pretrained, Path(cfg.paths.cache_dir) / "eval",
+                              bool(bench.get("trust_checkpoint", False)))
         scorer.threshold, scorer.counting_threshold = bench.threshold, bench.counting_threshold
         return GenEvalEvaluator(scorer, [item.index for item in resolve.prompts(cfg)], bench.samples_per_prompt)
     if evaluator == "t2i_compbench":
@@ -91,7 +92,7 @@ def _score(cfg: DictConfig, images: Path) -> tuple[list[dict], Evaluator]:
     try:
         evaluator = _evaluator(cfg)
         return evaluator.score(images), evaluator
-    except (DetectorUnavailableError, WeightsUnavailableError, IncompleteFolderError) as e:
+    except (DetectorUnavailableError, WeightsUnavailableError, IncompleteFolderError, BadInputError) as e:
         raise Flux158Error(str(e)) from None
 
 

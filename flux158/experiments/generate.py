@@ -15,7 +15,7 @@ from flux158.artifacts import atomic_write_text, mark_done
 from flux158.errors import Flux158Error, LayoutError
 from flux158.experiments import artifact_dirs, pipeline, resolve, tracking
 from flux158.generation.graphs import GraphStats, cuda_graphed
-from flux158.generation.images import expected_paths, generate_images
+from flux158.generation.images import expected_paths, generate_images, is_whole_png
 from flux158.generation.layouts import make_layout
 from flux158.sharding import shard
 
@@ -36,8 +36,8 @@ def run(cfg: DictConfig) -> Path:
     wanted = expected_paths(layout, mine, bench.samples_per_prompt)
     log.info("generate: %s on %s, %d/%d prompts x %d samples (shard %d of %d) -> %s", cfg.model.name, device,
              len(mine), len(items), bench.samples_per_prompt, index, count, out)
-    if all(p.exists() for p in wanted):
-        log.info("generate: all %d images of this shard exist; nothing to do", len(wanted))
+    if all(is_whole_png(p) for p in wanted):
+        log.info("generate: all %d images of this shard exist and are whole; nothing to do", len(wanted))
         _mark_if_complete(out, layout, items, bench.samples_per_prompt)
         return out
 
@@ -110,8 +110,8 @@ def _sample_rows(layout, items, samples_per_prompt: int, limit: int) -> list[lis
 
 
 def _mark_if_complete(out: Path, layout, items, samples_per_prompt: int) -> None:
-    """Write `.done` once every shard's images are on disk (whichever shard finishes last does it)."""
+    """Write `.done` once every shard's images are on disk and whole (whichever shard finishes last does it)."""
     paths = expected_paths(layout, items, samples_per_prompt)
-    if all(p.exists() for p in paths):
+    if all(is_whole_png(p) for p in paths):
         mark_done(out, {"images": len(paths), "prompts": len(items)})
         log.info("generate: complete, %d images in %s", len(paths), out)

@@ -20,9 +20,17 @@ from flux158.toyworld.scenes import heldout_prompts, sample_prompt
 log = logging.getLogger(__name__)
 
 
+def require_positive(cfg: DictConfig, *keys: str) -> None:
+    """Refuse counts below 1 (`null` stays allowed where the config means "no limit")."""
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{key}={value!r} must be a whole number >= 1")
+
 
 def prompts(cfg: DictConfig) -> list[PromptItem]:
     """All prompts of the configured benchmark (every shard), after `limit_per_group`."""
+    require_positive(cfg, "benchmark.samples_per_prompt", "benchmark.limit_per_group", "batch_size")
     bench = cfg.benchmark
     if bench.prompt_set == "inline":
         items = geneval_prompts_from_records(OmegaConf.to_container(bench.prompts, resolve=True))

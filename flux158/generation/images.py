@@ -1,4 +1,9 @@
-"""Resumable image generation: fixed per-image seeds, fixed batches, atomic PNG writes, skip what exists."""
+"""Resumable image generation: fixed per-image seeds, fixed batches, verified atomic PNG writes, skip what exists.
+
+An image takes its final name only after it was written, checked (PIL's `verify`: every chunk and its CRC) and
+fsynced. On resume a cheap check (PNG signature first, IEND chunk last) tells whole files from 0-byte, truncated or
+half-copied ones, which are regenerated rather than counted.
+"""
 
 from __future__ import annotations
 
@@ -55,8 +60,35 @@ class GenerationReport:
         return self.generated / self.seconds if self.seconds > 0 else 0.0
 
 
+PNG_SIGNATURE, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
 def expected_paths(layout: ImageLayout, items: Sequence[PromptItem], samples_per_prompt: int) -> list[Path]:
     return [layout.image_path(item, k) for item in items for k in range(samples_per_prompt)]
+
+
+def is_whole_png(path: Path) -> bool:
+    """Whether `path` starts like a PNG and ends with its IEND chunk (reads 16 bytes; no decoding)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(PNG_SIGNATURE))
+            f.seek(0, 2)
+            if f.tell() < len(PNG_SIGNATURE) + 12:
+                return False
+            f.seek(-len(PNG_END), 2)
+            return head == PNG_SIGNATURE and f.read() == PNG_END
+    except OSError:
+        return False
+
+
+def _check_png(path: Path) -> None:
+    with Image.open(path) as im:
+        im.verify()
+
+
+def write_png(path: Path, image: Image.Image) -> None:
+    """Write `image` to `path` through the verified atomic path (write, verify, fsync, rename, fsync the folder)."""
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"), check=_check_png)
 
 
 def _chunks(n: int, size: int) -> list[range]:
@@ -110,7 +142,11 @@ def generate_images(
                 paths = [layout.image_path(item, k) for k in chunk]
                 for path in paths:  # leftovers of a killed write of this very image: this shard owns it
                     partial_path(path).unlink(missing_ok=True)
-                missing = [(k, p) for k, p in zip(chunk, paths, strict=False) if not p.exists()]
+                missing = [(k, p) for k, p in zip(chunk, paths, strict=False) if not is_whole_png(p)]
+                for _, path in missing:
+                    if path.exists():
+                        log.warning("%s is not a whole PNG (empty, truncated or half-copied): generating it again",
+                                    path)
                 report.skipped += len(chunk) - len(missing)
                 if missing:
                     began = time.perf_counter()
@@ -120,7 +156,7 @@ def generate_images(
                         report.first_call_images = len(chunk)
                     for k, path in missing:
                         image = images[k - chunk.start]
-                        atomic_write(path, lambda tmp, im=image: im.save(tmp, format="PNG"))
+                        write_png(path, image)
                         report.generated += 1
                         if on_image is not None:
                             on_image(item, k, path)

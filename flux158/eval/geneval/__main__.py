@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from flux158.eval.errors import WeightsUnavailableError
+from flux158.eval.errors import BadInputError, WeightsUnavailableError
 from flux158.eval.evaluator import GenEvalEvaluator, metrics_record
 from flux158.eval.geneval.build import DETECTORS, build_scorer
 from flux158.eval.geneval.detector import DetectorUnavailableError
@@ -28,18 +28,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--detector", choices=DETECTORS, default="mmdet",
                     help="mmdet: the official Mask2Former (needs scripts/install_mmcv.sh); hf: approximate")
     ap.add_argument("--checkpoint", type=Path, help="a local mmdet checkpoint instead of the pinned download")
+    ap.add_argument("--trust-checkpoint", action="store_true",
+                    help="unpickle the detector checkpoint even if its full sha256 matches no pin (a pickle can run "
+                         "code: compare the printed sha256 with a copy you trust first)")
     ap.add_argument("--prompts", type=int, default=553, help="prompt folders expected (0 .. N-1)")
     ap.add_argument("--samples", type=int, default=4, help="images expected per prompt")
     ap.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     ap.add_argument("--random-weights", action="store_true",
                     help="shrunk detector and CLIP with random weights: plumbing checks only, scores are noise")
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = ap.parse_args(argv)
     try:
         scorer = build_scorer(args.detector, "random" if args.random_weights else "pretrained", args.device,
-                              args.checkpoint)
+                              args.checkpoint, trust_checkpoint=args.trust_checkpoint)
         evaluator = GenEvalEvaluator(scorer, args.prompts, args.samples)  # what the evaluate stage builds
         rows = evaluator.score(args.images)
-    except (IncompleteFolderError, FileNotFoundError, DetectorUnavailableError, WeightsUnavailableError) as e:
+    except (IncompleteFolderError, BadInputError, FileNotFoundError, DetectorUnavailableError,
+            WeightsUnavailableError) as e:
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or args.images / "geneval"

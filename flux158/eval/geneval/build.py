@@ -16,7 +16,8 @@ TINY_CLIP = "flux158-tiny-clip"
 
 
 def build_detector(kind: str = "mmdet", weights: str = "pretrained", device: str | None = None,
-                   checkpoint: Path | None = None, cache_dir: Path | None = None) -> Detector:
+                   checkpoint: Path | None = None, cache_dir: Path | None = None,
+                   trust_checkpoint: bool = False) -> Detector:
     if kind not in DETECTORS:
         raise ValueError(f"unknown GenEval detector {kind!r}; choose one of {DETECTORS}")
     random = weights == "random"
@@ -24,8 +25,8 @@ def build_detector(kind: str = "mmdet", weights: str = "pretrained", device: str
         if random:
             return MMDetMask2Former(None, device, options=TINY_MMDET_OPTIONS)
         if checkpoint is not None:
-            return MMDetMask2Former(Path(checkpoint), device)
-        return MMDetMask2Former(device=device, cache_dir=cache_dir)
+            return MMDetMask2Former(Path(checkpoint), device, trust_checkpoint=trust_checkpoint)
+        return MMDetMask2Former(device=device, cache_dir=cache_dir, trust_checkpoint=trust_checkpoint)
     if random:
         from transformers import Mask2FormerConfig, SwinConfig
 
@@ -57,7 +58,7 @@ def build_colors(weights: str = "pretrained", model: str = "ViT-L-14", pretraine
 
 def build_scorer(detector: str = "mmdet", weights: str = "pretrained", device: str | None = None,
                  checkpoint: Path | None = None, clip_model: str = "ViT-L-14", clip_pretrained: str = "openai",
-                 cache_dir: Path | None = None) -> GenEvalScorer:
+                 cache_dir: Path | None = None, trust_checkpoint: bool = False) -> GenEvalScorer:
     if weights not in ("pretrained", "random"):
         raise ValueError(f"GenEval evaluator weights must be pretrained or random, got {weights!r}")
     random = weights == "random"
@@ -66,11 +67,12 @@ def build_scorer(detector: str = "mmdet", weights: str = "pretrained", device: s
                                                   str(checkpoint or "Swin-S COCO instance, pinned checkpoint")),
         "colors": f"open_clip {TINY_CLIP} (random weights)" if random else f"open_clip {clip_model}/{clip_pretrained}",
     }
+    model = build_detector(detector, weights, device, checkpoint, cache_dir, trust_checkpoint)
     if not random:
+        sha256 = getattr(model, "checkpoint_sha256", None)
+        loaded = f"{checkpoint or MASK2FORMER_SWIN_S_MMDET3.filename} sha256 {sha256}"
         description["revisions"] = {
-            **(pins.recorded([HF_MODEL]) if detector == "hf" else
-               {"mmdet": str(checkpoint) if checkpoint else f"{MASK2FORMER_SWIN_S_MMDET3.filename} (sha256-pinned)"}),
+            **(pins.recorded([HF_MODEL]) if detector == "hf" else {"mmdet": loaded}),
             f"open_clip {clip_model}/{clip_pretrained}": pins.OPEN_CLIP}
-    return GenEvalScorer(build_detector(detector, weights, device, checkpoint, cache_dir),
-                         build_colors(weights, clip_model, clip_pretrained, device, cache_dir),
+    return GenEvalScorer(model, build_colors(weights, clip_model, clip_pretrained, device, cache_dir),
                          description=description)

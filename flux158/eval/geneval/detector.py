@@ -22,7 +22,7 @@ from PIL import Image
 from flux158.eval import pins
 from flux158.eval.geneval.classes import COCO_CLASSES, OBJECT_NAMES, RENAMED
 from flux158.eval.geneval.rules import Detection
-from flux158.eval.geneval.weights import MASK2FORMER_SWIN_S_MMDET3, PinnedFile, fetch
+from flux158.eval.geneval.weights import MASK2FORMER_SWIN_S_MMDET3, PinnedFile, trusted_pickle
 
 MMDET_CONFIG = "mask2former/mask2former_swin-s-p4-w7-224_8xb2-lsj-50e_coco.py"
 HF_MODEL = "facebook/mask2former-swin-small-coco-instance"
@@ -76,7 +76,7 @@ def default_device() -> str:
 @contextlib.contextmanager
 def _trusted_pickle() -> Iterator[None]:
     """mmengine loads checkpoints with torch.load, whose weights-only default rejects the numpy objects in
-    OpenMMLab checkpoints; allowed only around a file whose sha256 was just verified."""
+    OpenMMLab checkpoints; allowed only around a file that `trusted_pickle` just handed out."""
     old = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
     os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     try:
@@ -89,12 +89,15 @@ def _trusted_pickle() -> Iterator[None]:
 
 
 class MMDetMask2Former:
-    """mmdet 3.x Mask2Former; `checkpoint=None` keeps random weights (tests), `options` edits the config."""
+    """mmdet 3.x Mask2Former; `checkpoint=None` keeps random weights (tests), `options` edits the config. The
+    checkpoint is unpickled only after `trusted_pickle` accepts it (`trust_checkpoint` skips the full-hash match);
+    `checkpoint_sha256` records what was loaded."""
 
     name = "mmdet"
 
     def __init__(self, checkpoint: PinnedFile | Path | None = MASK2FORMER_SWIN_S_MMDET3, device: str | None = None,
-                 config: str | Path | None = None, options: dict | None = None, cache_dir: Path | None = None) -> None:
+                 config: str | Path | None = None, options: dict | None = None, cache_dir: Path | None = None,
+                 trust_checkpoint: bool = False) -> None:
         try:
             import mmdet
             from mmdet.apis import inference_detector, init_detector
@@ -107,8 +110,9 @@ class MMDetMask2Former:
         cfg = Config.fromfile(str(path))
         if options:
             cfg.merge_from_dict(options)
-        if isinstance(checkpoint, PinnedFile):
-            checkpoint = fetch(checkpoint, cache_dir)
+        self.checkpoint_sha256 = None
+        if checkpoint is not None:
+            checkpoint, self.checkpoint_sha256 = trusted_pickle(checkpoint, cache_dir, trust_checkpoint)
         self._infer = inference_detector
         with _trusted_pickle():
             self.model = init_detector(cfg, str(checkpoint) if checkpoint else None, device=device or default_device())

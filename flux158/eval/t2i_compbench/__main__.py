@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
                          "nouns count)")
     ap.add_argument("--unidet-labels", type=Path,
                     help="native detector: UniDet's 722 class names, one per line (see shared SOURCES)")
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return ap
 
 
@@ -111,6 +112,14 @@ def _run_folder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fail(error: Exception, debug: bool) -> int:
+    """One line on stderr and exit code 2 (the traceback with --debug)."""
+    if debug:
+        raise error
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.category is None:
@@ -118,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run_folder(args)
         except (IncompleteFolderError, FileNotFoundError, WeightsUnavailableError, OfficialRunnerError,
                 ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return _fail(e, args.debug)
     prompts = None
     if args.prompts:
         prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
@@ -148,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         result = score_category(args.folder, args.category, prompts, args.samples, protocol=protocol,
                                 **models, **extra)
     except (IncompleteFolderError, FileNotFoundError, WeightsUnavailableError, OfficialRunnerError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(e, args.debug)
     out = args.out or args.folder / "t2i_compbench"
     out.mkdir(parents=True, exist_ok=True)
     (out / "vqa_result.json").write_text(json.dumps([{"question_id": r["question_id"], "answer": r["score"]}

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flux158.eval.errors import IncompleteFolderError
+from flux158.eval.images import verify_images
 
 _NAME = re.compile(r"^(?P<prompt>[^_/]+)_(?P<counter>\d{6})\.png$")
 
@@ -36,10 +37,11 @@ def list_samples(category_dir: Path) -> list[Sample]:
 
 def check_complete(category_dir: Path, prompts: Sequence[str], samples_per_prompt: int = 10) -> list[Sample]:
     """All samples, after checking that prompt i has images `samples_per_prompt * i + k` for every k, named with
-    its text.
+    its text, and that every image verifies.
 
     Raises:
         IncompleteFolderError: naming the missing (or misnamed) file names.
+        BadInputError: naming an image that cannot be read.
     """
     samples = list_samples(category_dir)
     have = {(s.counter, s.prompt) for s in samples}
@@ -49,4 +51,6 @@ def check_complete(category_dir: Path, prompts: Sequence[str], samples_per_promp
         shown = ", ".join(missing[:5]) + (f" ... ({len(missing)} in all)" if len(missing) > 5 else "")
         raise IncompleteFolderError(f"{category_dir} is incomplete: missing {shown}")
     wanted = {(samples_per_prompt * i + k, p) for i, p in enumerate(prompts) for k in range(samples_per_prompt)}
-    return [s for s in samples if (s.counter, s.prompt) in wanted]
+    samples = [s for s in samples if (s.counter, s.prompt) in wanted]
+    verify_images([s.path for s in samples])
+    return samples

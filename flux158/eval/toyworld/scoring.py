@@ -11,6 +11,7 @@ from PIL import Image
 
 from flux158.eval.geneval.folder import prompt_folders
 from flux158.eval.geneval.rules import filter_detections, judge
+from flux158.eval.images import verify_images
 from flux158.eval.toyworld.detector import ToyDetector
 
 
@@ -24,8 +25,10 @@ def score_image(detector: ToyDetector, image: np.ndarray, metadata: Mapping[str,
 def score_folder(detector: ToyDetector, root: Path, threshold: float = 0.3,
                  counting_threshold: float = 0.9) -> list[dict[str, Any]]:
     """One row per image of a GenEval-layout folder: filename, tag, prompt, correct, reason (as `results.jsonl`)."""
+    folders = list(prompt_folders(root))
+    verify_images([p for f in folders for p in f.samples])
     rows = []
-    for folder in prompt_folders(root):
+    for folder in folders:
         for path in folder.samples:
             image = np.asarray(Image.open(path).convert("RGB"))
             correct, reason = score_image(detector, image, folder.metadata, threshold, counting_threshold)
