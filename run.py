@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from flux158.errors import Flux158Error
 from flux158.experiments import (
     calibrate,
+    encode,
     evaluate,
     generate,
     latency,
@@ -27,8 +28,9 @@ from flux158.experiments import (
 
 log = logging.getLogger("flux158")
 
-STAGES = {"calibrate": calibrate.run, "quantize": quantize.run, "generate": generate.run, "evaluate": evaluate.run,
-          "train_toyworld": toyworld_train.run, "storage": storage.run, "latency": latency.run, "tables": tables.run}
+STAGES = {"calibrate": calibrate.run, "quantize": quantize.run, "encode": encode.run, "generate": generate.run,
+          "evaluate": evaluate.run, "train_toyworld": toyworld_train.run, "storage": storage.run,
+          "latency": latency.run, "tables": tables.run}
 STAGES["rehearsal"] = functools.partial(rehearsal.run, stages=STAGES)  # runs the others, measured
 
 

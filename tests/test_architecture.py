@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "flux158"
-STAGES = {"calibrate", "quantize", "generate", "evaluate", "storage", "latency", "tables", "toyworld_train"}
+STAGES = {"calibrate", "encode", "quantize", "generate", "evaluate", "storage", "latency", "tables", "toyworld_train"}
 
 
 def _modules() -> dict[str, Path]:

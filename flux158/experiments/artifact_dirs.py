@@ -34,6 +34,9 @@ EVALUATE_KEYS = [*GENERATE_KEYS, "benchmark.evaluator", "benchmark.threshold", "
                  "benchmark.detector_model", "fidelity"]
 # Settings added after artifacts existed: hashed only when the config has them, so older directories keep their names.
 LATER_EVALUATE_KEYS = ["benchmark.numeracy_parser"]
+# Prompt embeddings: the text encoders (the model's, in its dtype) and the token budget. The files inside are keyed by
+# prompt text, so every benchmark, calibration set and quantization variant of one model shares one folder.
+EMBEDDINGS_KEYS = ["model", "sampler.max_sequence_length"]
 STORAGE_KEYS = ["model", "quant"]
 LATENCY_KEYS = ["model", "sampler", "latency"]
 ACTIVATION_KEYS = ("act_bits", "act_format")  # applied at load time: W2A16 and W1.58A8 share one checkpoint
@@ -55,6 +58,11 @@ def keyed_dir(cfg: DictConfig, parts: list[str], label: str, keys: list[str], **
     if isinstance(spec, ToyWorldSource):
         determining["model_weights_sha256"] = spec.fingerprint()
     return Path(cfg.paths.output_dir).joinpath(*parts) / f"{label}-{config_hash(determining)}", determining
+
+
+def embeddings_artifact(cfg: DictConfig) -> tuple[Path, dict]:
+    """`embeddings/<model>-<hash8>`: one file per prompt (`flux158.generation.embeddings`)."""
+    return keyed_dir(cfg, ["embeddings"], cfg.model.name, EMBEDDINGS_KEYS)
 
 
 def calibration_artifact(cfg: DictConfig) -> tuple[Path, dict]:

@@ -17,8 +17,9 @@ from flux158.quant.calibration import CalibrationError
 log = logging.getLogger(__name__)
 
 
-def load(cfg: DictConfig, device: torch.device):
-    """The FLUX pipeline of `cfg.model` with its transformer quantized as `cfg.quant` says.
+def load(cfg: DictConfig, device: torch.device, components: str = "all"):
+    """The FLUX pipeline of `cfg.model` with its transformer quantized as `cfg.quant` says (`components`: see
+    `load_pipeline`; "text" skips the transformer, and with it the quantization).
 
     The transformer comes from `cfg.quant.checkpoint` when set, else from the quantize stage's checkpoint when it
     exists; a data-free method without a checkpoint is applied in memory, a calibrated one is an error.
@@ -27,7 +28,7 @@ def load(cfg: DictConfig, device: torch.device):
 
     checkpoint = cfg.quant.get("checkpoint")
     config = resolve.quant_config(cfg)
-    if checkpoint is None and config is not None:
+    if checkpoint is None and config is not None and components != "text":
         stored = artifact_dirs.quantize_artifact(cfg)[0]
         if is_done(stored):
             checkpoint = str(stored / artifact_dirs.QUANTIZED_SUBDIR)
@@ -45,7 +46,10 @@ def load(cfg: DictConfig, device: torch.device):
             cache_dir=Path(cfg.paths.cache_dir),
             transformer_path=Path(checkpoint) if checkpoint else None,
             cpu_offload=cfg.model.get("cpu_offload", False),
+            components=components,
         )
+    if components == "text":
+        return pipe
     if config is not None and checkpoint is None:
         report = quantize_(pipe.transformer, config)
         log.info("quantized %d block linears (%.2f%% of %d transformer parameters) with %s", len(report.quantized),

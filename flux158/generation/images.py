@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from flux158.artifacts import atomic_write, atomic_write_text, partial_path
 from flux158.data.prompts import PromptItem
+from flux158.generation.embeddings import PromptEmbeddings
 from flux158.generation.layouts import ImageLayout
 from flux158.modulation import batched_modulation_in_pipeline
 from flux158.sharding import seed_for
@@ -107,6 +108,7 @@ def generate_images(
     progress: bool = True,
     on_image: Callable[[PromptItem, int, Path], None] | None = None,
     batched_modulation: bool = False,
+    embeddings: PromptEmbeddings | None = None,
 ) -> GenerationReport:
     """Generate `samples_per_prompt` images per prompt into `layout`, skipping images already on disk.
 
@@ -126,6 +128,8 @@ def generate_images(
         on_image: called for every image written by this call.
         batched_modulation: compute each pipeline call's AdaLN modulation for all steps in one pass per layer
             (`flux158.modulation`); equal up to rounding, fewer weight reads on GPUs.
+        embeddings: stored prompt embeddings to condition on instead of running the text encoders (the pipeline
+            may then have none); the images are the same bytes.
     """
     if batch_size < 1 or samples_per_prompt < 1:
         raise ValueError("batch_size and samples_per_prompt must be >= 1")
@@ -150,7 +154,8 @@ def generate_images(
                 report.skipped += len(chunk) - len(missing)
                 if missing:
                     began = time.perf_counter()
-                    images = _sample(pipe, item.prompt, chunk, base_seed, item.index, sampler)
+                    conditioning = None if embeddings is None else embeddings.load(item.prompt, _device(pipe))
+                    images = _sample(pipe, item.prompt, chunk, base_seed, item.index, sampler, conditioning)
                     if report.first_call_seconds is None:
                         report.first_call_seconds = time.perf_counter() - began
                         report.first_call_images = len(chunk)
@@ -169,15 +174,23 @@ def generate_images(
     return report
 
 
+def _device(pipe) -> torch.device:
+    return getattr(pipe, "_execution_device", torch.device("cpu"))
+
+
 def _sample(
     pipe: Callable[..., object], prompt: str, chunk: range, base_seed: int, prompt_index: int,
-    sampler: SamplerSettings,
+    sampler: SamplerSettings, conditioning: dict[str, torch.Tensor] | None = None,
 ) -> list[Image.Image]:
     # CPU generators: the initial noise is then identical on every device and GPU model.
     generators = [torch.Generator("cpu").manual_seed(seed_for(base_seed, prompt_index, k)) for k in chunk]
+    if conditioning is None:
+        text = {"prompt": prompt, "num_images_per_prompt": len(chunk)}
+    else:  # FLUX repeats given embeddings only per prompt: hand it one row per image, as it makes from a prompt
+        embeds, pooled = conditioning["prompt_embeds"], conditioning["pooled_prompt_embeds"]
+        text = {"prompt_embeds": embeds.repeat(len(chunk), 1, 1), "pooled_prompt_embeds": pooled.repeat(len(chunk), 1)}
     out = pipe(
-        prompt=prompt,
-        num_images_per_prompt=len(chunk),
+        **text,
         generator=generators,
         num_inference_steps=sampler.num_inference_steps,
         guidance_scale=sampler.guidance_scale,

@@ -38,6 +38,11 @@ def pipeline_source(spec: ModelSpec, cache_dir: Path) -> str:
     return resolve_pretrained(spec)
 
 
+# What each choice of `components` leaves out.
+COMPONENTS = {"all": (), "text": ("transformer", "vae"),
+              "image": ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")}
+
+
 def load_pipeline(
     spec: ModelSpec,
     *,
@@ -46,6 +51,7 @@ def load_pipeline(
     cache_dir: Path,
     transformer_path: Path | None = None,
     cpu_offload: bool = False,
+    components: str = "all",
 ) -> FluxPipeline | ToyWorldPipeline:
     """Load the pipeline, optionally replacing its transformer with one saved at `transformer_path`.
 
@@ -56,11 +62,20 @@ def load_pipeline(
         cache_dir: where the tiny model is built and cached.
         transformer_path: a diffusers-format transformer directory (e.g. a quantized checkpoint) to use instead.
         cpu_offload: keep idle components on the CPU (`enable_model_cpu_offload`) for GPUs with little memory.
+        components: "all"; "text" (text encoders and tokenizers only: encoding prompts); "image" (transformer,
+            VAE and scheduler only: generating from stored prompt embeddings). The others are never loaded.
     """
+    if components not in COMPONENTS:
+        raise ValueError(f"components must be one of {sorted(COMPONENTS)}, got {components!r}")
     if isinstance(spec, RandomFluxSpec):
-        return _load_random(spec, device, dtype, cache_dir, transformer_path, cpu_offload)
+        return _load_random(spec, device, dtype, cache_dir, transformer_path, cpu_offload, components)
+    if isinstance(spec, ToyWorldSource) and components != "all":
+        raise ValueError("the toy world's pipeline loads whole (its prompts are short; nothing to gain)")
     source = pipeline_source(spec, cache_dir)
     kwargs = {"revision": spec.revision} if isinstance(spec, HubFluxSpec) and spec.revision else {}
+    kwargs |= {name: None for name in COMPONENTS[components]}
+    if components == "text":
+        transformer_path = None
     try:
         if transformer_path is not None:
             kwargs["transformer"] = _transformer_override(transformer_path, dtype)
@@ -69,7 +84,8 @@ def load_pipeline(
     except OSError as e:  # missing or partially downloaded files
         raise ModelUnavailableError(f"Could not load the FLUX pipeline from {source}: {e}") from None
     _place(pipe, device, cpu_offload)
-    log.info("Loaded FLUX pipeline from %s (%s, %s) on %s", source, type(spec).__name__, dtype, device)
+    log.info("Loaded FLUX pipeline from %s (%s, %s%s) on %s", source, type(spec).__name__, dtype,
+             "" if components == "all" else f", {components} components only", device)
     return pipe
 
 
@@ -91,17 +107,17 @@ def _place(pipe, device: str | torch.device, cpu_offload: bool) -> None:
 
 
 def _load_random(spec: RandomFluxSpec, device: str | torch.device, dtype: torch.dtype, cache_dir: Path,
-                 transformer_path: Path | None, cpu_offload: bool) -> FluxPipeline:
+                 transformer_path: Path | None, cpu_offload: bool, components: str = "all") -> FluxPipeline:
     """Build the random-weight pipeline where it will run (the host when offloading), with an optional transformer
     checkpoint (a quantized one, made from this same random model) in place of the random transformer."""
     build_on = torch.device("cpu") if cpu_offload else torch.device(device)
     transformer = None
-    if transformer_path is not None:
+    if transformer_path is not None and components != "text":
         try:
             transformer = _transformer_override(transformer_path, dtype).to(build_on)
         except OSError as e:
             raise ModelUnavailableError(f"Could not load the transformer {transformer_path}: {e}") from None
-    pipe = build_random_pipeline(spec, build_on, dtype, cache_dir / "random-flux-tokenizers", transformer)
+    pipe = build_random_pipeline(spec, build_on, dtype, cache_dir / "random-flux-tokenizers", transformer, components)
     _place(pipe, device, cpu_offload)
     log.info("Built a random-weight FLUX (%s architecture, seed %d, %s) on %s: images are noise", spec.architecture,
              spec.seed, dtype, device)

@@ -103,31 +103,41 @@ def random_transformer(config: dict, device: torch.device, dtype: torch.dtype, s
 def random_pipeline(transformer_config: dict, device: torch.device, dtype: torch.dtype, tokenizer_dir: Path,
                     seed: int = 0, t5_config: dict = FLUX1_DEV_T5_CONFIG, clip_config: dict = FLUX1_DEV_CLIP_CONFIG,
                     vae_config: dict = FLUX1_DEV_VAE_CONFIG,
-                    transformer: FluxTransformer2DModel | None = None) -> FluxPipeline:
+                    transformer: FluxTransformer2DModel | None = None, components: str = "all") -> FluxPipeline:
     """A `FluxPipeline` of these architectures (default FLUX.1-dev's) with random weights, built on `device` in
     `dtype`. The tokenizers are the locally built ones (`flux158.models.tokenizers`, written to `tokenizer_dir`):
     CLIP's full BPE, and a small T5 vocabulary whose ids fit any T5 embedding; prompts are padded to the same
-    lengths as with the real ones. `transformer` (e.g. a quantized checkpoint) replaces the random one."""
+    lengths as with the real ones. `transformer` (e.g. a quantized checkpoint) replaces the random one.
+    `components`: "all", "text" (the text encoders only) or "image" (transformer and VAE only)."""
     torch.manual_seed(seed)
     clip_tok = build_clip_tokenizer(tokenizer_dir / "tokenizer", n_merges=48_894)  # the full 49,408 tokens
     t5_tok = build_t5_tokenizer(tokenizer_dir / "tokenizer_2")
     if len(clip_tok) > clip_config["vocab_size"] or len(t5_tok) > t5_config["vocab_size"]:
         raise ValueError("the text encoders' vocabularies must hold the local tokenizers' ids")
+    text, image = components in ("all", "text"), components in ("all", "image")
+    clip = t5 = vae = None
     with torch.device(device), default_dtype(dtype):  # built in place and type: T5-XXL alone is 4.7B parameters
-        clip = CLIPTextModel(CLIPTextConfig(**clip_config, bos_token_id=clip_tok.bos_token_id,
-                                            eos_token_id=clip_tok.eos_token_id, pad_token_id=clip_tok.pad_token_id))
-        t5 = T5EncoderModel(T5Config(**t5_config))
-        vae = AutoencoderKL(**vae_config)
-    if transformer is None:
+        # each part from its own seed, so a part equals its counterpart in "all" whatever else is built
+        if text:
+            torch.manual_seed(seed)
+            clip = CLIPTextModel(CLIPTextConfig(**clip_config, bos_token_id=clip_tok.bos_token_id,
+                                                eos_token_id=clip_tok.eos_token_id, pad_token_id=clip_tok.pad_token_id))
+            torch.manual_seed(seed + 1)
+            t5 = T5EncoderModel(T5Config(**t5_config))
+        if image:
+            torch.manual_seed(seed + 2)
+            vae = AutoencoderKL(**vae_config)
+    if transformer is None and image:
         transformer = random_transformer(transformer_config, device, dtype, seed)
     return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX1_DEV_SCHEDULER_CONFIG), vae=vae,
-                        text_encoder=clip.eval(), tokenizer=clip_tok, text_encoder_2=t5.eval(), tokenizer_2=t5_tok,
-                        transformer=transformer)
+                        text_encoder=clip and clip.eval(), tokenizer=clip_tok if text else None,
+                        text_encoder_2=t5 and t5.eval(), tokenizer_2=t5_tok if text else None,
+                        transformer=transformer if image else None)
 
 
 def build_random_pipeline(spec: RandomFluxSpec, device: torch.device, dtype: torch.dtype, tokenizer_dir: Path,
-                          transformer: FluxTransformer2DModel | None = None) -> FluxPipeline:
+                          transformer: FluxTransformer2DModel | None = None, components: str = "all") -> FluxPipeline:
     """The pipeline `spec` names, on `device` in `dtype` (its transformer replaced by `transformer` if given)."""
     arch = spec.configs
     return random_pipeline(arch.transformer, device, dtype, tokenizer_dir, spec.seed, arch.t5, arch.clip, arch.vae,
-                           transformer=transformer)
+                           transformer=transformer, components=components)

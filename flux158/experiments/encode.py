@@ -1,0 +1,44 @@
+"""Stage `encode`: the benchmark's prompt embeddings (T5 + CLIP), once per model and token budget, sharded and
+resumable. `generate` then conditions on them without loading the text encoders (`embeddings=auto|true`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig
+
+from flux158.artifacts import atomic_write_text
+from flux158.errors import ConfigError
+from flux158.experiments import artifact_dirs, pipeline, resolve
+from flux158.generation.embeddings import PromptEmbeddings
+from flux158.models import ToyWorldSource
+from flux158.sharding import shard
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> Path:
+    """Encode this shard's prompts that have no stored embeddings; return the embeddings folder."""
+    if isinstance(resolve.model_spec(cfg), ToyWorldSource):
+        raise ConfigError("the toy world encodes its short prompts on the fly; the encode stage is for FLUX models")
+    out, determining = artifact_dirs.embeddings_artifact(cfg)
+    prompts = sorted({item.prompt for item in resolve.prompts(cfg)})  # one order for every shard
+    process_index, num_processes, device = resolve.process()
+    index, count = resolve.global_shard(cfg, process_index, num_processes)
+    store = PromptEmbeddings(out)
+    todo = store.missing(shard(prompts, index, count))
+    log.info("encode: %s, %d prompts (shard %d of %d), %d to encode -> %s", cfg.model.name, len(prompts), index,
+             count, len(todo), out)
+    if not todo:
+        return out
+    pipe = pipeline.load(cfg, device, components="text")  # fails fast, before any output folder exists
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "config.yaml").exists():
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
+    started = time.perf_counter()
+    encoded = store.encode(pipe, todo, cfg.sampler.max_sequence_length)
+    log.info("encode: %d prompts in %.1f s", encoded, time.perf_counter() - started)
+    return out
