@@ -4,7 +4,9 @@
 # the last run), latency_eager ~3.5 min, latency_compiled ~4 min (H200);
 # not in all, never run yet: PART=graphs (~5 min) kernels replayed from CUDA graphs and the host/device split of
 # small-M calls; PART=graph_latency (~3 min) eager steps with and without a captured CUDA graph; PART=pipeline_memory
-# (~4 min) whole-pipeline peak memory with random weights.
+# (~6 min, a guess) whole 50-step 1024² generations with random weights, BF16 / W2A16 / W1.58A8 fp8, each with
+# everything resident, with the text encoders offloaded, and from cached embeddings (peak allocated and reserved,
+# time per image); TINY=1 runs it at tiny shapes (the CPU check).
 # A lease of 15 device minutes (the start included) holds about one full PART=kernels call plus one short one, so
 # PART=lease (~9 min, never run yet) answers the open question first in one call: GPU kernel tests, a fresh eager
 # table from the current backends (fewer M values), and the 1024² eager step timed with that table.
@@ -97,11 +99,14 @@ if [[ $PART == e2e_eager || $PART == e2e_compiled ]]; then  # whole generations,
     latency.end_to_end=true 2>&1 | grep -E "latency|Error|error" | tee "$OUT/$PART.log"
   cp /tmp/gpu-check-$PART/latency/*/metrics.json "$OUT/$PART.json" 2>/dev/null
 fi
-if [[ $PART == pipeline_memory ]]; then  # whole-pipeline peak (random-weight T5-XXL, CLIP-L, VAE, transformer)
-  timeout "${T_PIPE:-300}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-pipe \
-    paths.output_dir=/tmp/gpu-check-pipe \
-    'latency.variants=[bf16,w2a16,w158a8_int8]' 'latency.compile=[false]' 'latency.resolutions=[1024]' \
-    latency.steps=5 latency.warmup=1 2>&1 | grep -E "latency|Error|error" | tee "$OUT/pipeline_memory.log"
+if [[ $PART == pipeline_memory ]]; then  # whole-pipeline peak and time per 1024² image in 3 memory modes (issue 22)
+  ARGS=()
+  [[ ${TINY:-0} == 1 ]] && ARGS+=(model=tiny 'latency.resolutions=[32]' latency.steps=2 latency.text_tokens=8)
+  timeout "${T_PIPE:-540}" python3 run.py experiment=latency logger=none hydra.run.dir=/tmp/hydra-pipe \
+    paths.output_dir=/tmp/gpu-check-pipe "latency.variants=${VARIANTS:-[bf16,w2a16,w158a8_fp8]}" \
+    'latency.compile=[false]' 'latency.resolutions=[1024]' latency.warmup=1 latency.end_to_end=true \
+    'latency.memory_modes=[resident,encoders_offloaded,cached_embeddings]' "${ARGS[@]}" 2>&1 \
+    | grep -E "latency|Error|error" | tee "$OUT/pipeline_memory.log"
   cp /tmp/gpu-check-pipe/latency/*/metrics.json "$OUT/pipeline_memory.json" 2>/dev/null
 fi
 if [[ $PART == rehearsal ]]; then  # every stage at FLUX.1-dev's shapes, measured, and the paper run's resource plan

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
 import torch
 from diffusers import FluxPipeline
+from PIL import Image
 
 from flux158.errors import ConfigError
 from flux158.experiments import artifact_dirs, encode, generate
@@ -84,3 +88,46 @@ def test_random_pipeline_parts_equal_their_counterparts_in_the_whole(model_cache
         a, b = getattr(whole, name).state_dict(), getattr(part, name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert isinstance(whole, FluxPipeline)
+
+
+def test_calibrate_captures_the_teacher_from_stored_embeddings(compose, monkeypatch):
+    from flux158.experiments import calibrate
+    from flux158.quant.calibration import CalibrationSet
+
+    common = ["experiment=smoke", "logger=none", "quant=distill"]
+    on_the_fly = calibrate.run(compose(*common, "embeddings=false"))
+    cfg = compose(*common, "stages=[encode,calibrate]", "embeddings=true", output_dir=on_the_fly.parents[3] / "cached")
+    encode.run(cfg)  # the benchmark's 6 prompts and the calibration prompts
+    real = calibrate.pipeline.load
+    loaded = []
+
+    def spy(cfg, device, components="all"):
+        loaded.append(components)
+        return real(cfg, device, components)
+
+    monkeypatch.setattr(calibrate.pipeline, "load", spy)
+    cached = calibrate.run(cfg)
+    assert loaded == ["image"]
+    a, b = CalibrationSet.load(on_the_fly).records, CalibrationSet.load(cached).records
+    assert len(a) == len(b) > 0
+    for ra, rb in zip(a, b, strict=True):  # the same states (on a GPU, batched and single T5 calls may round apart)
+        assert ra.keys() == rb.keys()
+        assert all(torch.equal(ra[k], rb[k]) for k in ra)
+
+
+def test_low_memory_generation_tiles_the_vae_and_keys_its_folder_apart(compose, monkeypatch):
+    plain = compose("experiment=smoke", "logger=none")
+    low = compose("experiment=smoke", "logger=none", "low_memory=true")
+    assert artifact_dirs.generate_artifact(low)[0] != artifact_dirs.generate_artifact(plain)[0]
+    real = generate.pipeline.load
+    pipes = []
+    monkeypatch.setattr(generate.pipeline, "load",
+                        lambda cfg, device, components="all": pipes.append(real(cfg, device, components)) or pipes[-1])
+    out = generate.run(low)
+    assert pipes[0].vae.use_tiling and pipes[0].vae.use_slicing
+    # tiles start above 64 px, so these tiny images decode whole; one-at-a-time decoding rounds apart
+    a, b = _pngs(out), _pngs(generate.run(plain))
+    assert a.keys() == b.keys() and len(a) == 12
+    diff = max(np.abs(np.asarray(Image.open(io.BytesIO(a[k]))).astype(int)
+                      - np.asarray(Image.open(io.BytesIO(b[k]))).astype(int)).max() for k in a)
+    assert diff <= 2

@@ -106,6 +106,25 @@ def test_latency_smoke_run_on_cpu(compose, tmp_path):
     assert metrics["kernel_table"] is None  # `auto` reads a measured table on GPUs only
 
 
+def test_whole_pipeline_memory_modes_on_cpu(compose):
+    cfg = compose("experiment=latency", "model=tiny", "logger=none", "latency.steps=2", "latency.warmup=1",
+                  "latency.resolutions=[32]", "latency.text_tokens=8", "latency.variants=[bf16,w2a16]",
+                  "latency.memory_modes=[resident,encoders_offloaded,cached_embeddings]")
+    pipeline = json.loads((latency_stage.run(cfg) / "metrics.json").read_text())["metrics"]["pipeline"]
+    assert [(p["memory_mode"], p["variant"]) for p in pipeline] == [
+        (m, v) for m in ("resident", "encoders_offloaded", "cached_embeddings") for v in ("bf16", "w2a16")]
+    assert all(p["error"] is None and p["end_to_end_ms"] > 0 for p in pipeline)
+    for p in pipeline[2:]:  # each low-memory mode against the same variant resident, and BF16 of its own mode
+        resident = next(r for r in pipeline if r["memory_mode"] == "resident" and r["variant"] == p["variant"])
+        assert p["time_vs_resident"] == round(p["end_to_end_ms"] / resident["end_to_end_ms"], 3)
+        bf16 = next(r for r in pipeline if r["memory_mode"] == p["memory_mode"] and r["variant"] == "bf16")
+        assert p["speedup_vs_bf16_eager"] == round(bf16["end_to_end_ms"] / p["end_to_end_ms"], 3)
+    with pytest.raises(Exception, match="unknown mode 'everywhere'"):
+        latency_stage.run(compose("experiment=latency", "model=tiny", "logger=none", "latency.steps=1",
+                                  "latency.resolutions=[32]", "latency.text_tokens=8", "latency.variants=[bf16]",
+                                  "latency.memory_modes=[everywhere]", "latency.compile=[false]"))
+
+
 def test_prepare_runs_before_every_call_with_its_timestep():
     model = random_transformer(TINY, torch.device("cpu"), torch.float32)
     settings = StepSettings(height=32, width=32, steps=3, warmup=2, text_tokens=4)

@@ -130,6 +130,26 @@ def test_table_3_merges_gpus_keeps_oom_and_a_rerun_replaces_its_cell(tmp_path):
     assert memory["where"].tolist() == ["NVIDIA H100", "NVIDIA H200"] and memory["paper_ratio"].tolist() == [5.1] * 2
 
 
+def test_fig_2_shows_whole_pipeline_memory_beside_the_transformers(tmp_path):
+    from flux158.report.figures import efficiency_figure
+
+    def whole(variant, memory, peak, compiled=False):
+        return {"variant": variant, "compiled": compiled, "cuda_graph": False, "memory_mode": memory,
+                "resolution": 1024, "end_to_end_ms": 9000.0, "pipeline_peak_gib": peak}
+
+    run = _latency("NVIDIA H200", [_row("bf16", 1024, 6000, 22.5), _row("w2a16", 1024, 6100, 3.3)])
+    run["metrics"]["pipeline"] = [whole("bf16", "resident", 33.0), whole("w2a16", "resident", 14.0),
+                                  whole("bf16", "cached_embeddings", 24.0), whole("w2a16", "cached_embeddings", 5.0),
+                                  whole("w2a16", "cached_embeddings", 1.0, compiled=True)]  # eager rows only
+    table = efficiency_table(results_from_json([(run, "l")]), PAPER)
+    assert table["measure"].tolist() == ["transformer memory (eager, 1024px)",
+                                         "pipeline memory (cached_embeddings, eager, 1024px)",
+                                         "pipeline memory (resident, eager, 1024px)"]
+    assert table["ratio"].tolist() == pytest.approx([22.5 / 3.3, 24.0 / 5.0, 33.0 / 14.0])
+    assert table["ternary_gb"].tolist() == pytest.approx([3.3 * 2**30 / 1e9, 5.0 * 2**30 / 1e9, 14.0 * 2**30 / 1e9])
+    assert efficiency_figure(table, tmp_path / "fig2.png").exists()
+
+
 def test_fig_2_storage_and_the_method_table_join_quantize_evaluate_and_fidelity(tmp_path):
     from flux158.report.figures import efficiency_figure
 

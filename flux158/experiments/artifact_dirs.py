@@ -84,12 +84,12 @@ def benchmark_artifact(cfg: DictConfig, stage: str, keys: list[str]) -> tuple[Pa
     """`<stage>/<benchmark>/<model>-<quant>-<hash8>` keyed by `keys`.
 
     A quantized model whose checkpoint comes from the quantize stage is keyed by the calibration settings too (its
-    weights depend on them). Speed switches that can move images by rounding are keyed only when on.
+    weights depend on them). Speed and memory switches that can move images by rounding are keyed only when on.
     """
     config = quant_config(cfg) if "quant" in keys else None
     if config is not None and config.needs_calibration and not cfg.quant.get("checkpoint"):
         keys = [*keys, *CALIBRATION_KEYS[1:]]
-    for speedup in ("batched_modulation", "compile", "cuda_graph"):
+    for speedup in ("batched_modulation", "compile", "cuda_graph", "low_memory"):
         if cfg.get(speedup) and "sampler" in keys:
             keys = [*keys, speedup]
     return keyed_dir(cfg, [stage, cfg.benchmark.name], f"{cfg.model.name}-{cfg.quant.name}", keys)

@@ -56,10 +56,11 @@ def run(cfg: DictConfig) -> Path | None:
     capture, sampler = settings(cfg), instantiate(cfg.sampler)
     process_index, num_processes, device = resolve.process()
     index, count = resolve.global_shard(cfg, process_index, num_processes)
-    pipe = pipeline.load(resolve.full_precision(cfg), device)
+    embeddings = pipeline.stored_embeddings(cfg, prompts["train"] + prompts["heldout"])
+    pipe = pipeline.load(resolve.full_precision(cfg), device, "all" if embeddings is None else "image")
     pipe.set_progress_bar_config(disable=True)
     total = len(prompts["train"]) + len(prompts["heldout"])
-    need = estimate_bytes(pipe, prompts["train"][0], sampler, total, capture.states_per_prompt)
+    need = estimate_bytes(pipe, prompts["train"][0], sampler, total, capture.states_per_prompt, embeddings)
     present = tree_bytes([out])  # chunks of an interrupted run count towards the need
     free = shutil.disk_usage(_existing_parent(out)).free
     log.info("calibrate: %s teacher on %s, %d train + %d held-out prompts x %d states (%d steps, %dx%d) -> %s; "
@@ -77,8 +78,8 @@ def run(cfg: DictConfig) -> Path | None:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
     with tracking.track(cfg, "calibrate", resolve.shard_label(index, count)) as tracker:
         start = time.perf_counter()
-        captured = {split: write_calibration(pipe, prompts[split], out, split, sampler, capture, index, count)
-                    for split in SPLITS}
+        captured = {split: write_calibration(pipe, prompts[split], out, split, sampler, capture, index, count,
+                                             embeddings=embeddings) for split in SPLITS}
         tracker.summary({f"prompts_captured_{k}": v for k, v in captured.items()}
                         | {"prompts_captured": sum(captured.values()), "states_per_prompt": capture.states_per_prompt,
                            "seconds": time.perf_counter() - start, "estimated_bytes": need})

@@ -1,5 +1,6 @@
-"""Stage `encode`: the benchmark's prompt embeddings (T5 + CLIP), once per model and token budget, sharded and
-resumable. `generate` then conditions on them without loading the text encoders (`embeddings=auto|true`)."""
+"""Stage `encode`: the prompt embeddings (T5 + CLIP) of the benchmark, and of the calibration set when the run
+calibrates, once per model and token budget, sharded and resumable. `generate` and `calibrate` then condition on
+them without loading the text encoders (`embeddings=auto|true`)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,22 @@ from flux158.sharding import shard
 log = logging.getLogger(__name__)
 
 
+def _prompts(cfg: DictConfig) -> set[str]:
+    """The benchmark's prompts, plus the calibration prompts when this run calibrates."""
+    texts = {item.prompt for item in resolve.prompts(cfg)} if cfg.benchmark.get("layout") else set()
+    config = resolve.quant_config(cfg)
+    calibrates = config is not None and (config.needs_calibration or cfg.calib.get("with_data_free", False))
+    if "calibrate" in cfg.stages and calibrates:
+        texts |= {p for split in resolve.calibration_prompts(cfg).values() for p in split}
+    return texts
+
+
 def run(cfg: DictConfig) -> Path:
     """Encode this shard's prompts that have no stored embeddings; return the embeddings folder."""
     if isinstance(resolve.model_spec(cfg), ToyWorldSource):
         raise ConfigError("the toy world encodes its short prompts on the fly; the encode stage is for FLUX models")
     out, determining = artifact_dirs.embeddings_artifact(cfg)
-    prompts = sorted({item.prompt for item in resolve.prompts(cfg)})  # one order for every shard
+    prompts = sorted(_prompts(cfg))  # one order for every shard
     process_index, num_processes, device = resolve.process()
     index, count = resolve.global_shard(cfg, process_index, num_processes)
     store = PromptEmbeddings(out)

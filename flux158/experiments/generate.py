@@ -12,13 +12,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from flux158.artifacts import atomic_write_text, mark_done
-from flux158.errors import ConfigError, Flux158Error, LayoutError
+from flux158.errors import Flux158Error, LayoutError
 from flux158.experiments import artifact_dirs, pipeline, resolve, tracking
-from flux158.generation.embeddings import PromptEmbeddings
 from flux158.generation.graphs import GraphStats, cuda_graphed
 from flux158.generation.images import expected_paths, generate_images, is_whole_png
 from flux158.generation.layouts import make_layout
-from flux158.models import ToyWorldSource
 from flux158.sharding import shard
 
 log = logging.getLogger(__name__)
@@ -50,7 +48,11 @@ def run(cfg: DictConfig) -> Path:
     if cfg.get("cuda_graph") and cfg.get("batched_modulation"):
         raise Flux158Error("cuda_graph=true and batched_modulation=true cannot be combined (batched modulation "
                            "swaps the transformer's modules per prompt, under the captured graph); turn one off")
-    embeddings = _stored_embeddings(cfg, [item.prompt for item in mine])
+    embeddings = pipeline.stored_embeddings(cfg, [item.prompt for item in mine])
+    if cfg.get("cuda_graph") and cfg.get("low_memory") and embeddings is None and device.type == "cuda":
+        raise Flux158Error("cuda_graph=true with low_memory=true offloads the transformer between calls, which a "
+                           "captured CUDA graph cannot follow: encode the prompts first (stages=[encode,generate]; "
+                           "then only the transformer and VAE are loaded) or set cuda_graph=false")
     # fails fast, before any output folder exists
     pipe = pipeline.load(cfg, device, components="all" if embeddings is None else "image")
     if cfg.get("compile"):
@@ -80,25 +82,6 @@ def run(cfg: DictConfig) -> Path:
         tracker.image_table("samples", ["group", "prompt_index", "sample", "prompt", "image"], rows, "image")
     _mark_if_complete(out, layout, items, bench.samples_per_prompt)
     return out
-
-
-def _stored_embeddings(cfg: DictConfig, prompts: list[str]) -> PromptEmbeddings | None:
-    """The encode stage's embeddings when `cfg.embeddings` asks for them and they cover `prompts`, else None."""
-    wanted = cfg.get("embeddings", "auto")
-    if wanted not in ("auto", True, False):
-        raise ConfigError(f"embeddings={wanted!r} must be auto, true or false")
-    if wanted is False or (wanted == "auto" and isinstance(resolve.model_spec(cfg), ToyWorldSource)):
-        return None
-    folder = artifact_dirs.embeddings_artifact(cfg)[0]
-    store = PromptEmbeddings(folder)
-    missing = store.missing(prompts)
-    if not missing:
-        log.info("generate: conditioning on the stored prompt embeddings in %s; T5 and CLIP are not loaded", folder)
-        return store
-    if wanted is True:
-        raise ConfigError(f"embeddings=true, but {len(missing)} prompts of this shard have no stored embeddings in "
-                          f"{folder} (e.g. {missing[0]!r}): run the encode stage first (stages=[encode,generate])")
-    return None
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 from diffusers import FluxPipeline
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from flux158.artifacts import atomic_write_text, is_done, mark_done
 from flux158.errors import Flux158Error
@@ -41,6 +41,7 @@ _FORMATS = {"w2a16": (16, "int8"), "w158a8_int8": (8, "int8"), "w158a8_fp8": (8,
 _SUFFIXES = {"": "auto", "_fused": "triton", "_unpack": "unpack"}
 VARIANTS = {"bf16": None} | {name + suffix: (*bits, backend) for name, bits in _FORMATS.items()
                              for suffix, backend in _SUFFIXES.items()}
+MEMORY_MODES = ("resident", "encoders_offloaded", "cached_embeddings")
 COLUMNS = ["variant", "compiled", "cuda_graph", "resolution", "per_step_ms", "total_ms", "weights_gib", "peak_gib",
            "error"]
 
@@ -175,24 +176,55 @@ def run(cfg: DictConfig) -> Path:
     return out
 
 
-def _pipeline(cfg: DictConfig, device: torch.device, arch: dict):
+def _pipeline(cfg: DictConfig, device: torch.device, arch: dict, memory: str = "resident"):
     """The whole pipeline to time: a hub model with `latency.weights=random` runs a random-weight pipeline of its
-    architecture (time and memory are the same; the images are noise)."""
+    architecture (time and memory are the same; the images are noise). `memory`: "resident" (everything on the
+    GPU), "encoders_offloaded" (diffusers' model offload: each model on the GPU only while it runs, so T5 and the
+    transformer are never there together) or "cached_embeddings" (the prompt is encoded once, then the text
+    encoders are dropped); both low-memory modes decode with diffusers' tiled, sliced VAE, as `low_memory=true`
+    generation does."""
     lat = cfg.latency
+    if memory not in MEMORY_MODES:
+        raise Flux158Error(f"latency.memory_modes: unknown mode {memory!r}; choose from {MEMORY_MODES}")
+    offload = memory == "encoders_offloaded" and device.type == "cuda"
     if isinstance(resolve.model_spec(cfg), HubFluxSpec) and lat.weights == "random":
-        log.info("latency: whole pipeline with random weights (T5-XXL, CLIP-L, VAE, transformer)")
+        log.info("latency: whole pipeline with random weights (T5-XXL, CLIP-L, VAE, transformer), %s", memory)
         with tempfile.TemporaryDirectory(prefix="flux158-tokenizers-") as tokenizers:
-            return random_pipeline(arch, device, parse_dtype(lat.dtype), Path(tokenizers), seed=cfg.seed)
-    return pipeline.load(resolve.full_precision(cfg), device)
+            pipe = random_pipeline(arch, device, parse_dtype(lat.dtype), Path(tokenizers), seed=cfg.seed)
+        if offload:
+            pipe.enable_model_cpu_offload(device=device)
+    else:
+        full = resolve.full_precision(cfg)
+        with open_dict(full):
+            full.low_memory = memory == "encoders_offloaded"
+        pipe = pipeline.load(full, device)
+    if memory != "resident" and isinstance(pipe, FluxPipeline):
+        pipe.vae.enable_tiling()
+        pipe.vae.enable_slicing()
+    return pipe
 
 
-def _generate(pipe, cfg: DictConfig, resolution: int, device: torch.device) -> float:
-    """Milliseconds of one whole generation (text encoders, every step, VAE decode), synchronised."""
+def _encode_once(pipe, cfg: DictConfig, device: torch.device) -> dict:
+    """The prompt's embeddings, after which the text encoders leave the pipeline (the cached-embeddings mode)."""
+    with torch.no_grad():
+        embeds, pooled, _ = pipe.encode_prompt(cfg.latency.prompt, prompt_2=None,
+                                               max_sequence_length=cfg.sampler.max_sequence_length)
+    pipe.text_encoder = pipe.text_encoder_2 = pipe.tokenizer = pipe.tokenizer_2 = None
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+
+def _generate(pipe, cfg: DictConfig, resolution: int, device: torch.device, conditioning: dict | None = None) -> float:
+    """Milliseconds of one whole generation (text encoders unless `conditioning` holds the stored embeddings,
+    every step, VAE decode), synchronised."""
     lat = cfg.latency
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    pipe(lat.prompt, height=resolution, width=resolution, num_inference_steps=lat.steps,
+    text = {"prompt": lat.prompt} if conditioning is None else conditioning
+    pipe(**text, height=resolution, width=resolution, num_inference_steps=lat.steps,
          guidance_scale=cfg.sampler.guidance_scale, max_sequence_length=cfg.sampler.max_sequence_length,
          generator=torch.Generator().manual_seed(cfg.seed))
     if device.type == "cuda":
@@ -203,55 +235,67 @@ def _generate(pipe, cfg: DictConfig, resolution: int, device: torch.device) -> f
 def _whole_pipeline(cfg: DictConfig, device: torch.device, arch: dict) -> list[dict]:
     """End to end, Table 3's protocol: one whole `latency.steps`-step generation at the first resolution (T5, CLIP,
     transformer and VAE all on `device`, the diffusers-torchao convention) per variant, eager and compiled, with and
-    without CUDA-graph replay of the transformer (GPU only). The first call (compilation and graph capture
-    included) is reported apart from the timed second call; the peak is the timed call's."""
+    without CUDA-graph replay of the transformer (GPU only), in each of `latency.memory_modes` (see `_pipeline`).
+    The first call (compilation and graph capture included) is reported apart from the timed second call; the
+    peaks (allocated and reserved) are the timed call's."""
     lat = cfg.latency
     cuda = device.type == "cuda"
     modes = [(c, g) for c in lat.compile for g in lat.cuda_graph if cuda or not (c or g)]
     resolution = lat.resolutions[0]
     results = []
-    for compiled, graphed in modes:
-        pipe = _pipeline(cfg, device, arch)
-        if not isinstance(pipe, FluxPipeline):
-            log.info("latency: whole-pipeline runs are measured for FluxPipeline models only; skipped")
-            return []
-        quantized = False
-        for variant in lat.variants:
-            quantized = _convert(pipe.transformer, variant, lat.method, quantized)
-            if compiled:
-                pipe.transformer.compile_repeated_blocks(fullgraph=lat.fullgraph)
+    for memory in lat.get("memory_modes", ["resident"]):
+        for compiled, graphed in modes:
+            pipe = _pipeline(cfg, device, arch, memory)
+            if not isinstance(pipe, FluxPipeline):
+                log.info("latency: whole-pipeline runs are measured for FluxPipeline models only; skipped")
+                return []
+            conditioning = _encode_once(pipe, cfg, device) if memory == "cached_embeddings" else None
+            quantized = False
+            for variant in lat.variants:
+                quantized = _convert(pipe.transformer, variant, lat.method, quantized)
+                if compiled:
+                    pipe.transformer.compile_repeated_blocks(fullgraph=lat.fullgraph)
+                gc.collect()
+                row = {"variant": variant, "compiled": compiled, "cuda_graph": graphed, "memory_mode": memory,
+                       "resolution": resolution, "end_to_end_ms": None, "first_call_s": None,
+                       "pipeline_peak_gib": None, "pipeline_reserved_gib": None, "error": None}
+                try:
+                    with cuda_graphed(pipe.transformer, fall_back=False) if graphed else nullcontext():
+                        row["first_call_s"] = round(_generate(pipe, cfg, resolution, device, conditioning) / 1e3, 2)
+                        if cuda:
+                            torch.cuda.empty_cache()
+                            torch.cuda.reset_peak_memory_stats(device)
+                        row["end_to_end_ms"] = round(_generate(pipe, cfg, resolution, device, conditioning), 1)
+                        if cuda:
+                            row["pipeline_peak_gib"] = _gib(torch.cuda.max_memory_allocated(device))
+                            row["pipeline_reserved_gib"] = _gib(torch.cuda.max_memory_reserved(device))
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    row["error"] = "OOM"
+                except Exception as err:  # one failing setting must not lose the others
+                    log.exception("latency: whole pipeline %s failed", variant)
+                    row["error"] = f"{type(err).__name__}: {str(err).strip()[:300]}"
+                results.append(row)
+                mode = ("compiled" if compiled else "eager") + (", CUDA graph" if graphed else "") + f", {memory}"
+                log.info("latency: whole pipeline %s (%s) %dpx: %s", variant, mode, resolution, row["error"] or
+                         f"{row['end_to_end_ms'] / 1e3:.2f} s per image (first call {row['first_call_s']} s), peak "
+                         f"{row['pipeline_peak_gib']} GiB (reserved {row['pipeline_reserved_gib']} GiB)")
+            del pipe
             gc.collect()
-            row = {"variant": variant, "compiled": compiled, "cuda_graph": graphed, "resolution": resolution,
-                   "end_to_end_ms": None, "first_call_s": None, "pipeline_peak_gib": None, "error": None}
-            try:
-                with cuda_graphed(pipe.transformer, fall_back=False) if graphed else nullcontext():
-                    row["first_call_s"] = round(_generate(pipe, cfg, resolution, device) / 1e3, 2)
-                    if cuda:
-                        torch.cuda.empty_cache()
-                        torch.cuda.reset_peak_memory_stats(device)
-                    row["end_to_end_ms"] = round(_generate(pipe, cfg, resolution, device), 1)
-                    row["pipeline_peak_gib"] = _gib(torch.cuda.max_memory_allocated(device)) if cuda else None
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                row["error"] = "OOM"
-            except Exception as err:  # one failing setting must not lose the others
-                log.exception("latency: whole pipeline %s failed", variant)
-                row["error"] = f"{type(err).__name__}: {str(err).strip()[:300]}"
-            results.append(row)
-            mode = ("compiled" if compiled else "eager") + (", CUDA graph" if graphed else "")
-            log.info("latency: whole pipeline %s (%s) %dpx: %s", variant, mode, resolution, row["error"] or
-                     f"{row['end_to_end_ms'] / 1e3:.2f} s per image (first call {row['first_call_s']} s), peak "
-                     f"{row['pipeline_peak_gib']} GiB")
-        del pipe
-        gc.collect()
+    for r in results:  # what a low-memory mode costs per image against everything resident
+        same = [b for b in results if b["memory_mode"] == "resident" and b["end_to_end_ms"] and r["end_to_end_ms"]
+                and all(b[k] == r[k] for k in ("variant", "compiled", "cuda_graph"))]
+        if same and r["memory_mode"] != "resident":
+            r["time_vs_resident"] = round(r["end_to_end_ms"] / same[0]["end_to_end_ms"], 3)
     return results
 
 
 def _speedups(rows: list[dict], time_key: str = "per_step_ms", peak_key: str = "peak_gib") -> None:
-    """Each row's speedup over BF16 at its resolution, and its peak memory over BF16's. The baseline is compiled BF16
-    without a CUDA graph where measured, else eager BF16 without one, else any BF16 row."""
+    """Each row's speedup over BF16 at its resolution (and memory mode), and its peak memory over BF16's. The
+    baseline is compiled BF16 without a CUDA graph where measured, else eager BF16 without one, else any BF16 row."""
     for r in rows:
-        bf16 = [b for b in rows if b["variant"] == "bf16" and b["resolution"] == r["resolution"] and b[time_key]]
+        bf16 = [b for b in rows if b["variant"] == "bf16" and b["resolution"] == r["resolution"] and b[time_key]
+                and b.get("memory_mode") == r.get("memory_mode")]
         base = min(bf16, key=lambda b: (not b["compiled"], bool(b.get("cuda_graph"))), default=None)
         if base and r[time_key]:
             r["speedup_vs_bf16_compiled" if base["compiled"] else "speedup_vs_bf16_eager"] = round(

@@ -1,4 +1,5 @@
-"""The FLUX pipeline a config describes, with its transformer quantized as the config says."""
+"""The FLUX pipeline a config describes, with its transformer quantized as the config says, and the stored prompt
+embeddings it may condition on instead of its text encoders."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import torch
 from omegaconf import DictConfig
 
 from flux158.artifacts import is_done
+from flux158.errors import ConfigError
 from flux158.experiments import artifact_dirs, resolve
-from flux158.models import load_pipeline, parse_dtype
+from flux158.generation.embeddings import PromptEmbeddings
+from flux158.models import ToyWorldSource, load_pipeline, parse_dtype
 from flux158.quant import quantize_, set_activations
 from flux158.quant.calibration import CalibrationError
 
@@ -47,6 +50,7 @@ def load(cfg: DictConfig, device: torch.device, components: str = "all"):
             transformer_path=Path(checkpoint) if checkpoint else None,
             cpu_offload=cfg.model.get("cpu_offload", False),
             components=components,
+            low_memory=bool(cfg.get("low_memory", False)),
         )
     if components == "text":
         return pipe
@@ -59,3 +63,22 @@ def load(cfg: DictConfig, device: torch.device, components: str = "all"):
     if config is not None and config.act_bits == 8:
         log.info("W1.58A8: per-token %s activations in every ternary linear", config.act_format)
     return pipe
+
+
+def stored_embeddings(cfg: DictConfig, prompts: list[str]) -> PromptEmbeddings | None:
+    """The encode stage's embeddings when `cfg.embeddings` asks for them and they cover `prompts`, else None."""
+    wanted = cfg.get("embeddings", "auto")
+    if wanted not in ("auto", True, False):
+        raise ConfigError(f"embeddings={wanted!r} must be auto, true or false")
+    if wanted is False or (wanted == "auto" and isinstance(resolve.model_spec(cfg), ToyWorldSource)):
+        return None
+    folder = artifact_dirs.embeddings_artifact(cfg)[0]
+    store = PromptEmbeddings(folder)
+    missing = store.missing(prompts)
+    if not missing:
+        log.info("conditioning on the stored prompt embeddings in %s; T5 and CLIP are not loaded", folder)
+        return store
+    if wanted is True:
+        raise ConfigError(f"embeddings=true, but {len(missing)} prompts of this shard have no stored embeddings in "
+                          f"{folder} (e.g. {missing[0]!r}): run the encode stage first (stages=[encode,generate])")
+    return None

@@ -52,6 +52,7 @@ def load_pipeline(
     transformer_path: Path | None = None,
     cpu_offload: bool = False,
     components: str = "all",
+    low_memory: bool = False,
 ) -> FluxPipeline | ToyWorldPipeline:
     """Load the pipeline, optionally replacing its transformer with one saved at `transformer_path`.
 
@@ -64,11 +65,15 @@ def load_pipeline(
         cpu_offload: keep idle components on the CPU (`enable_model_cpu_offload`) for GPUs with little memory.
         components: "all"; "text" (text encoders and tokenizers only: encoding prompts); "image" (transformer,
             VAE and scheduler only: generating from stored prompt embeddings). The others are never loaded.
+        low_memory: the least GPU memory, with diffusers' own mechanisms: the VAE decodes in tiles, one image at
+            a time, and, when the text encoders are loaded, model CPU offload (each model on the GPU only while it
+            runs, so T5 and the transformer are never there together).
     """
     if components not in COMPONENTS:
         raise ValueError(f"components must be one of {sorted(COMPONENTS)}, got {components!r}")
     if isinstance(spec, RandomFluxSpec):
-        return _load_random(spec, device, dtype, cache_dir, transformer_path, cpu_offload, components)
+        return _shrink(_load_random(spec, device, dtype, cache_dir, transformer_path, cpu_offload, components,
+                                    low_memory), low_memory)
     if isinstance(spec, ToyWorldSource) and components != "all":
         raise ValueError("the toy world's pipeline loads whole (its prompts are short; nothing to gain)")
     source = pipeline_source(spec, cache_dir)
@@ -83,9 +88,20 @@ def load_pipeline(
         pipe = pipeline_class.from_pretrained(source, dtype=dtype, **kwargs)
     except OSError as e:  # missing or partially downloaded files
         raise ModelUnavailableError(f"Could not load the FLUX pipeline from {source}: {e}") from None
-    _place(pipe, device, cpu_offload)
+    _place(pipe, device, cpu_offload, low_memory)
     log.info("Loaded FLUX pipeline from %s (%s, %s%s) on %s", source, type(spec).__name__, dtype,
              "" if components == "all" else f", {components} components only", device)
+    return _shrink(pipe, low_memory)
+
+
+def _shrink(pipe, low_memory: bool):
+    """Tiled, one-image-at-a-time VAE decoding (diffusers' own), when asked and the pipeline has a VAE."""
+    if low_memory and getattr(pipe, "vae", None) is not None:
+        pipe.vae.enable_tiling()
+        pipe.vae.enable_slicing()
+        log.info("low memory: the VAE decodes in tiles, one image at a time%s",
+                 "" if getattr(pipe, "text_encoder_2", None) is None else "; each model is on the GPU only while it "
+                 "runs (model offload)")
     return pipe
 
 
@@ -98,19 +114,24 @@ def _transformer_override(transformer_path: Path, dtype: torch.dtype) -> FluxTra
     return FluxTransformer2DModel.from_pretrained(transformer_path, dtype=dtype)
 
 
-def _place(pipe, device: str | torch.device, cpu_offload: bool) -> None:
+def _place(pipe, device: str | torch.device, cpu_offload: bool, low_memory: bool = False) -> None:
+    """On `device`; with `cpu_offload`, or `low_memory` while text encoders are loaded, diffusers' model offload:
+    each model moves to the GPU when it runs and back when the next one starts."""
     pipe.set_progress_bar_config(disable=True)
-    if cpu_offload and torch.device(device).type == "cuda":
+    encoders = getattr(pipe, "text_encoder_2", None) is not None
+    if torch.device(device).type == "cuda" and (cpu_offload or (low_memory and encoders)):
         pipe.enable_model_cpu_offload(device=device)
     else:
         pipe.to(device)
 
 
 def _load_random(spec: RandomFluxSpec, device: str | torch.device, dtype: torch.dtype, cache_dir: Path,
-                 transformer_path: Path | None, cpu_offload: bool, components: str = "all") -> FluxPipeline:
+                 transformer_path: Path | None, cpu_offload: bool, components: str = "all",
+                 low_memory: bool = False) -> FluxPipeline:
     """Build the random-weight pipeline where it will run (the host when offloading), with an optional transformer
     checkpoint (a quantized one, made from this same random model) in place of the random transformer."""
-    build_on = torch.device("cpu") if cpu_offload else torch.device(device)
+    offloads = cpu_offload or (low_memory and components != "image")
+    build_on = torch.device("cpu") if offloads else torch.device(device)
     transformer = None
     if transformer_path is not None and components != "text":
         try:
@@ -118,7 +139,7 @@ def _load_random(spec: RandomFluxSpec, device: str | torch.device, dtype: torch.
         except OSError as e:
             raise ModelUnavailableError(f"Could not load the transformer {transformer_path}: {e}") from None
     pipe = build_random_pipeline(spec, build_on, dtype, cache_dir / "random-flux-tokenizers", transformer, components)
-    _place(pipe, device, cpu_offload)
+    _place(pipe, device, cpu_offload, low_memory)
     log.info("Built a random-weight FLUX (%s architecture, seed %d, %s) on %s: images are noise", spec.architecture,
              spec.seed, dtype, device)
     return pipe

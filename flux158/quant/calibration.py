@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from flux158.artifacts import atomic_write
 from flux158.errors import Flux158Error
+from flux158.generation.embeddings import PromptEmbeddings
 from flux158.generation.images import SamplerSettings
 from flux158.sharding import seed_for
 
@@ -105,16 +106,19 @@ def chosen_steps(num_steps: int, k: int, seed: int) -> set[int]:
 
 
 def capture_prompts(pipe: Callable[..., object], prompts: Sequence[str], seeds: Sequence[int],
-                    sampler: SamplerSettings, keep_steps: Sequence[set[int]], batch_size: int) -> list[Record]:
+                    sampler: SamplerSettings, keep_steps: Sequence[set[int]], batch_size: int,
+                    embeddings: PromptEmbeddings | None = None) -> list[Record]:
     """Run the teacher on `prompts` (one image each, CPU generators from `seeds`) and keep, for prompt `i`, the
-    calls of the steps in `keep_steps[i]`; each record gets `prompt_index` (position in `prompts`)."""
+    calls of the steps in `keep_steps[i]`; each record gets `prompt_index` (position in `prompts`). With
+    `embeddings`, the teacher conditions on the stored prompt embeddings (its text encoders may be absent)."""
     recorder = TransformerCallRecorder(pipe.transformer, set().union(*keep_steps))
     kept: list[Record] = []
     try:
         for start in range(0, len(prompts), batch_size):
             recorder.reset()
             batch, batch_seeds = list(prompts[start:start + batch_size]), seeds[start:start + batch_size]
-            pipe(prompt=batch, generator=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],
+            pipe(**_conditioning(pipe, batch, embeddings),
+                 generator=[torch.Generator("cpu").manual_seed(s) for s in batch_seeds],
                  num_inference_steps=sampler.num_inference_steps, guidance_scale=sampler.guidance_scale,
                  height=sampler.height, width=sampler.width, max_sequence_length=sampler.max_sequence_length,
                  output_type="pt")
@@ -128,6 +132,13 @@ def capture_prompts(pipe: Callable[..., object], prompts: Sequence[str], seeds: 
     finally:
         recorder.remove()
     return kept
+
+
+def _conditioning(pipe, prompts: list[str], embeddings: PromptEmbeddings | None) -> dict:
+    if embeddings is None:
+        return {"prompt": prompts}
+    stored = [embeddings.load(p, getattr(pipe, "_execution_device", "cpu")) for p in prompts]
+    return {name: torch.cat([s[name] for s in stored]) for name in ("prompt_embeds", "pooled_prompt_embeds")}
 
 
 def chunk_path(directory: Path, split: str, chunk: int) -> Path:
@@ -160,16 +171,16 @@ def record_bytes(records: Sequence[Record]) -> int:
 
 
 def estimate_bytes(pipe: Callable[..., object], prompt: str, sampler: SamplerSettings, num_prompts: int,
-                   states_per_prompt: int) -> int:
+                   states_per_prompt: int, embeddings: PromptEmbeddings | None = None) -> int:
     """Disk needed for `num_prompts` prompts, measured from one single-step teacher call."""
     one_step = SamplerSettings(1, sampler.guidance_scale, sampler.height, sampler.width, sampler.max_sequence_length)
-    records = capture_prompts(pipe, [prompt], [0], one_step, [{0}], 1)
+    records = capture_prompts(pipe, [prompt], [0], one_step, [{0}], 1, embeddings)
     return record_bytes(records) * states_per_prompt * num_prompts
 
 
 def write_calibration(pipe: Callable[..., object], prompts: Sequence[str], directory: Path, split: str,
                       sampler: SamplerSettings, settings: CaptureSettings, shard_index: int = 0, shard_count: int = 1,
-                      progress: bool = True) -> int:
+                      progress: bool = True, embeddings: PromptEmbeddings | None = None) -> int:
     """Capture this shard's missing chunks of `split` into `directory`; returns how many prompts were captured.
 
     The seed of prompt `i` (its position in `prompts`) and the steps kept for it depend only on
@@ -189,7 +200,8 @@ def write_calibration(pipe: Callable[..., object], prompts: Sequence[str], direc
         keep = [chosen_steps(sampler.num_inference_steps, settings.states_per_prompt,
                              seed_for(settings.base_seed, i, 2 * salt + 1)) for i in indices]
         seeds = [seed_for(settings.base_seed, i, 2 * salt) for i in indices]
-        records = capture_prompts(pipe, [prompts[i] for i in indices], seeds, sampler, keep, settings.batch_size)
+        records = capture_prompts(pipe, [prompts[i] for i in indices], seeds, sampler, keep, settings.batch_size,
+                                  embeddings)
         for r in records:
             r["prompt_index"] += indices.start
         save_records(records, chunk_path(directory, split, c), {"split": split, "chunk": str(c)})

@@ -9,15 +9,16 @@ import pandas as pd
 
 
 def efficiency_figure(table: pd.DataFrame, out: Path, title: str = "Storage and inference memory") -> Path:
-    """Grouped bars from `tables.efficiency_table`: one panel for storage, one for memory; each bar pair is
-    annotated with our ratio (and the paper's where it published one)."""
+    """Grouped bars from `tables.efficiency_table`: one panel for storage, one for the transformer's memory, one for
+    the whole pipeline's; each bar pair is annotated with our ratio (and the paper's where it published one)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a display
     import matplotlib.pyplot as plt
 
     panels = [("storage", table[table["measure"] == "storage"]),
-              ("inference memory", table[table["measure"].str.startswith("memory")])]
+              ("transformer memory", table[table["measure"].str.startswith("transformer memory")]),
+              ("whole-pipeline memory", table[table["measure"].str.startswith("pipeline memory")])]
     panels = [(name, rows) for name, rows in panels if not rows.empty] or [("no results yet", table)]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (name, rows) in zip(axes[0], panels, strict=True):
