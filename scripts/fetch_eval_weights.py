@@ -68,11 +68,18 @@ def check_pins(api=None) -> int:
 
 def _open_clip(model: str, pretrained: str, cache_dir: Path) -> Callable[[], object]:
     def fetch():
-        import open_clip
+        from flux158.eval.open_clip_weights import create_pinned
 
-        return open_clip.create_model_and_transforms(model, pretrained=pretrained, cache_dir=str(cache_dir))
+        return create_pinned(model, pretrained, cache_dir)  # the file at the tag's pinned commit
 
     return fetch
+
+
+def _open_clip_revision(model: str = "ViT-L-14", pretrained: str = "openai") -> str:
+    from flux158.eval.open_clip_weights import tag_source
+
+    source = tag_source(model, pretrained)
+    return "as given" if source is None else f"{source[0]} {pins.revision(source[0]) or 'main'}"
 
 
 def _mmdet(cache_dir: Path) -> Callable[[], object]:
@@ -99,14 +106,15 @@ def plan(groups: list[str], cache_dir: Path, judge_model: str | None = None) -> 
     items = []
     if "geneval" in groups:
         items += [("geneval", f"mmdet {MASK2FORMER_SWIN_S_MMDET3.filename}", _mmdet(cache_dir)),
-                  ("geneval", "open_clip ViT-L-14/openai (colors)", _open_clip("ViT-L-14", "openai", cache_dir))]
+                  ("geneval", f"open_clip ViT-L-14/openai @ {_open_clip_revision()} (colors)",
+                   _open_clip("ViT-L-14", "openai", cache_dir))]
     if "t2i_compbench" in groups:
         repos = [BLIP_VQA, CLIP_B32, DPT_HYBRID, OWLV2] + ([judge_model] if judge_model else [])
         items += [("t2i_compbench", f"hub {repo} @ {pins.revision(repo) or 'main'}", _hub(repo, cache_dir))
                   for repo in repos]
     if "fidelity" in groups:
         items += [("fidelity", "torchvision AlexNet (LPIPS backbone)", _alexnet),
-                  ("fidelity", "open_clip ViT-L-14/openai (CLIP similarity)",
+                  ("fidelity", f"open_clip ViT-L-14/openai @ {_open_clip_revision()} (CLIP similarity)",
                    _open_clip("ViT-L-14", "openai", cache_dir))]
     return items
 

@@ -12,9 +12,11 @@ def test_dry_run_lists_every_evaluators_weights():
     out = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--judge-model", "me/sharegpt4v-7b-hf"],
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert "t2i_compbench: hub Salesforce/blip-vqa-capfilt-large @ c6af15bed424cf343aab3ff3bb31417ba272923a" in out
-    assert "t2i_compbench: hub Intel/dpt-hybrid-midas @ main" in out  # listed, not pinned
+    assert "t2i_compbench: hub Intel/dpt-hybrid-midas @ 11eaf7a1cf4bd70740697dbc216f98980c0aeb03" in out
     assert "t2i_compbench: hub me/sharegpt4v-7b-hf @ main" in out  # the user's own
     assert any("c9d0c4f2.pth" in line for line in out)  # GenEval's mmdet checkpoint
+    clip = "open_clip ViT-L-14/openai @ timm/vit_large_patch14_clip_224.openai 18d0535469bb561bf468d76c1d73aa35156c922b"
+    assert f"geneval: {clip} (colors)" in out and f"fidelity: {clip} (CLIP similarity)" in out
     assert "fidelity: torchvision AlexNet (LPIPS backbone)" in out and len(out) == 9
 
 

@@ -110,3 +110,4 @@ def test_evaluate_reports_fidelity_to_the_bf16_images_of_the_same_seeds(compose)
     assert fidelity["images"] == 2 and fidelity["reference_dir"] == str(artifact_dirs.stage_dir(bf16, "generate"))
     assert {"psnr", "ssim", "lpips", "clip_image", "clip_text", "clip_text_reference"} <= set(fidelity)
     assert 0 < fidelity["ssim"] < 1 and fidelity["lpips"] > 0  # random tiny models: a real, imperfect match
+    assert fidelity["clip_revision"] == "random"  # pretrained: the pinned commit (test_eval_pins)

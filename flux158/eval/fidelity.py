@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from flux158.eval.errors import WeightsUnavailableError
+from flux158.eval.open_clip_weights import create_pinned
 
 
 def _load(path: Path) -> torch.Tensor:
@@ -51,23 +52,19 @@ class Perceptual:
 class ClipSimilarity:
     """Cosine similarities in an open_clip embedding space: image-image and image-text."""
 
-    def __init__(self, model, preprocess, tokenizer, device: str | None = None) -> None:
+    def __init__(self, model, preprocess, tokenizer, device: str | None = None, revision: str = "as given") -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.preprocess, self.tokenizer = model.to(self.device).eval(), preprocess, tokenizer
+        self.revision = revision
 
     @classmethod
     def from_open_clip(cls, model_name: str = "ViT-L-14", pretrained: str | None = "openai",
                        device: str | None = None, cache_dir: Path | None = None) -> ClipSimilarity:
-        """`pretrained=None` keeps random weights (plumbing runs)."""
+        """At the pinned commit (`open_clip_weights`); `pretrained=None` keeps random weights (plumbing runs)."""
         import open_clip
 
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained, cache_dir=str(cache_dir) if cache_dir else None)
-        except (OSError, RuntimeError) as e:
-            raise WeightsUnavailableError(f"cannot load open_clip {model_name}/{pretrained} ({e}); download it once "
-                                          "with internet") from None
-        return cls(model, preprocess, open_clip.get_tokenizer(model_name), device)
+        model, preprocess, revision = create_pinned(model_name, pretrained, cache_dir)
+        return cls(model, preprocess, open_clip.get_tokenizer(model_name), device, revision=revision)
 
     @torch.no_grad()
     def image_features(self, image: Image.Image) -> torch.Tensor:

@@ -3,8 +3,9 @@
 
 The commits were read from Hugging Face cache paths (`models--<org>--<name>/snapshots/<commit>`) published by
 independent projects, since this build machine cannot reach the hub; `python scripts/fetch_eval_weights.py
---check-pins` confirms each against the hub and prints the current commit of any unpinned repo. A repo without a pin
-loads `main` and says so (a warning, and `unpinned` in `metrics.json`).
+--check-pins` confirms each against the hub and prints the current commit of `main` beside it. A listed repo without
+a pin would load `main` and say so (a warning, and `unpinned` in `metrics.json`); open_clip tags load their hub file
+at the pin of the repo the tag names (`flux158/eval/open_clip_weights.py`).
 """
 
 from __future__ import annotations
@@ -29,15 +30,15 @@ PINS = {pin.repo: pin for pin in (
            "T2I-CompBench CLIPScore; the same commit pinned or cached by more than ten public projects"),
     HubPin("google/owlv2-base-patch16-ensemble", "cfd3195ba4ea9592eec887ded089f4c08eff231d",
            "native UniDet stand-in; the commit cached by several public projects"),
-    HubPin("Intel/dpt-hybrid-midas", None, "not pinned: public cache paths disagree (530c450, 11eaf7a)"),
-    HubPin("facebook/mask2former-swin-small-coco-instance", None,
-           "not pinned: no commit found offline (GenEval's approximate `hf` detector)"),
+    HubPin("Intel/dpt-hybrid-midas", "11eaf7a1cf4bd70740697dbc216f98980c0aeb03",
+           "T2I-CompBench 3D spatial; one of the two commits public cache paths hold (the other 530c450); "
+           "--check-pins shows main"),
+    HubPin("facebook/mask2former-swin-small-coco-instance", "f77f179fc62b98f6734481ebbef5bceeb1e7f10b",
+           "GenEval's approximate `hf` detector; the hub page's upload commit of the weights (Jan 2023)"),
+    HubPin("timm/vit_large_patch14_clip_224.openai", "18d0535469bb561bf468d76c1d73aa35156c922b",
+           "open_clip ViT-L-14/openai (GenEval colors, CLIP fidelity), loaded by flux158/eval/open_clip_weights.py; "
+           "the commit in a public project's open_clip cache path"),
 )}
-# open_clip resolves `ViT-L-14/openai` itself (its hub repo, at `main`), and loading a file path instead would lose
-# the QuickGELU and preprocessing settings it attaches to the `openai` tag; so its revision is open_clip's (the
-# version in requirements.lock), recorded as such. One public cache holds timm/vit_large_patch14_clip_224.openai at
-# 18d0535469bb561bf468d76c1d73aa35156c922b.
-OPEN_CLIP = "open_clip (its own hub source; version pinned by requirements.lock)"
 
 
 def revision(repo: str, requested: str | None = None) -> str | None:

@@ -132,7 +132,8 @@ def _fidelity_to_bf16(cfg: DictConfig, images: Path, rows: list[dict]) -> dict |
     lpips, clip, skipped = _fidelity_models(cfg, str(device))
     prompts = {r["filename"]: r["prompt"] for r in rows if "filename" in r and "prompt" in r}
     scores = image_fidelity(reference, images, "*/samples/*.png", lpips, clip, prompts)  # both layouts
-    return {**scores, "reference_dir": str(reference), **({"skipped": skipped} if skipped else {})}
+    return {**scores, "reference_dir": str(reference), **({"clip_revision": clip.revision} if clip else {}),
+            **({"skipped": skipped} if skipped else {})}
 
 
 def _read_rows(out: Path) -> list[dict]:

@@ -68,11 +68,11 @@ def build_scorer(detector: str = "mmdet", weights: str = "pretrained", device: s
         "colors": f"open_clip {TINY_CLIP} (random weights)" if random else f"open_clip {clip_model}/{clip_pretrained}",
     }
     model = build_detector(detector, weights, device, checkpoint, cache_dir, trust_checkpoint)
+    colors = build_colors(weights, clip_model, clip_pretrained, device, cache_dir)
     if not random:
         sha256 = getattr(model, "checkpoint_sha256", None)
         loaded = f"{checkpoint or MASK2FORMER_SWIN_S_MMDET3.filename} sha256 {sha256}"
         description["revisions"] = {
             **(pins.recorded([HF_MODEL]) if detector == "hf" else {"mmdet": loaded}),
-            f"open_clip {clip_model}/{clip_pretrained}": pins.OPEN_CLIP}
-    return GenEvalScorer(model, build_colors(weights, clip_model, clip_pretrained, device, cache_dir),
-                         description=description)
+            f"open_clip {clip_model}/{clip_pretrained}": colors.revision}
+    return GenEvalScorer(model, colors, description=description)

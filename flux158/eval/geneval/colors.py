@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from flux158.eval.errors import WeightsUnavailableError
 from flux158.eval.geneval.rules import Detection
+from flux158.eval.open_clip_weights import create_pinned
 
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 TEMPLATES = ("a photo of a {c} {cls}", "a photo of a {c}-colored {cls}", "a photo of a {c} object")
@@ -34,26 +34,22 @@ def masked_crop(image: Image.Image, det: Detection) -> Image.Image:
 class ColorClassifier:
     """`classify(image, cls, detections) -> color names`; build with `from_open_clip`."""
 
-    def __init__(self, model: torch.nn.Module, preprocess, tokenizer, device: str, batch_size: int = 16) -> None:
+    def __init__(self, model: torch.nn.Module, preprocess, tokenizer, device: str, batch_size: int = 16,
+                 revision: str = "as given") -> None:
         self.model, self.preprocess, self.tokenizer = model.to(device).eval(), preprocess, tokenizer
-        self.device, self.batch_size = device, batch_size
+        self.device, self.batch_size, self.revision = device, batch_size, revision
         self._weights: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_open_clip(cls, model_name: str = "ViT-L-14", pretrained: str | None = "openai",
                        device: str | None = None, cache_dir: Path | None = None) -> ColorClassifier:
-        """open_clip's model and val transform; `pretrained=None` keeps random weights (tests)."""
+        """open_clip's model and val transform at the pinned commit (`open_clip_weights`); `pretrained=None` keeps
+        random weights (tests)."""
         import open_clip
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained, cache_dir=str(cache_dir) if cache_dir else None)
-        except (OSError, RuntimeError) as e:  # no network and nothing cached, or a failed checksum
-            raise WeightsUnavailableError(
-                f"cannot load open_clip {model_name}/{pretrained} ({e}); download it once with internet (open_clip "
-                f"caches it under {cache_dir or '~/.cache/huggingface or ~/.cache/clip'})") from None
-        return cls(model, preprocess, open_clip.get_tokenizer(model_name), device)
+        model, preprocess, revision = create_pinned(model_name, pretrained, cache_dir)
+        return cls(model, preprocess, open_clip.get_tokenizer(model_name), device, revision=revision)
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.float16) if self.device.startswith("cuda") else torch.autocast(
