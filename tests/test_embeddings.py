@@ -22,6 +22,21 @@ from flux158.models.tiny import TinyFluxSpec
 SMOKE = ["experiment=smoke", "logger=none", "stages=[encode,generate]"]
 
 
+@pytest.fixture
+def loads(monkeypatch) -> list[tuple[str, object]]:
+    """Every `pipeline.load` the stages make, as (components, pipeline)."""
+    from flux158.experiments import pipeline
+
+    real, seen = pipeline.load, []
+
+    def spy(cfg, device, components="all"):
+        seen.append((components, real(cfg, device, components)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(pipeline, "load", spy)
+    return seen
+
+
 def _pngs(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.png"))}
 
@@ -44,23 +59,16 @@ def test_cached_embeddings_draw_the_same_bytes_without_text_encoders(compose, tm
     assert len(a) == 6 and a == b
 
 
-def test_the_encode_stage_feeds_generate_which_never_loads_the_encoders(compose, monkeypatch):
+def test_the_encode_stage_feeds_generate_which_never_loads_the_encoders(compose, loads):
     on_the_fly = generate.run(compose("experiment=smoke", "logger=none", "embeddings=false"))
     cfg = compose(*SMOKE, "embeddings=true", output_dir=on_the_fly.parents[3] / "cached")
     with pytest.raises(ConfigError, match="run the encode stage first"):
         generate.run(cfg)
     folder = encode.run(cfg)
     assert len(list(folder.glob("*.safetensors"))) == 6 and folder == artifact_dirs.embeddings_artifact(cfg)[0]
-    real = generate.pipeline.load
-    loaded = []
-
-    def spy(cfg, device, components="all"):
-        loaded.append(components)
-        return real(cfg, device, components)
-
-    monkeypatch.setattr(generate.pipeline, "load", spy)
+    loads.clear()
     out = generate.run(cfg)
-    assert loaded == ["image"]
+    assert [components for components, _ in loads] == ["image"]
     assert _pngs(out) == _pngs(on_the_fly)
 
 
@@ -90,7 +98,7 @@ def test_random_pipeline_parts_equal_their_counterparts_in_the_whole(model_cache
     assert isinstance(whole, FluxPipeline)
 
 
-def test_calibrate_captures_the_teacher_from_stored_embeddings(compose, monkeypatch):
+def test_calibrate_captures_the_teacher_from_stored_embeddings(compose, loads):
     from flux158.experiments import calibrate
     from flux158.quant.calibration import CalibrationSet
 
@@ -98,16 +106,9 @@ def test_calibrate_captures_the_teacher_from_stored_embeddings(compose, monkeypa
     on_the_fly = calibrate.run(compose(*common, "embeddings=false"))
     cfg = compose(*common, "stages=[encode,calibrate]", "embeddings=true", output_dir=on_the_fly.parents[3] / "cached")
     encode.run(cfg)  # the benchmark's 6 prompts and the calibration prompts
-    real = calibrate.pipeline.load
-    loaded = []
-
-    def spy(cfg, device, components="all"):
-        loaded.append(components)
-        return real(cfg, device, components)
-
-    monkeypatch.setattr(calibrate.pipeline, "load", spy)
+    loads.clear()
     cached = calibrate.run(cfg)
-    assert loaded == ["image"]
+    assert [components for components, _ in loads] == ["image"]
     a, b = CalibrationSet.load(on_the_fly).records, CalibrationSet.load(cached).records
     assert len(a) == len(b) > 0
     for ra, rb in zip(a, b, strict=True):  # the same states (on a GPU, batched and single T5 calls may round apart)
@@ -115,16 +116,12 @@ def test_calibrate_captures_the_teacher_from_stored_embeddings(compose, monkeypa
         assert all(torch.equal(ra[k], rb[k]) for k in ra)
 
 
-def test_low_memory_generation_tiles_the_vae_and_keys_its_folder_apart(compose, monkeypatch):
+def test_low_memory_generation_tiles_the_vae_and_keys_its_folder_apart(compose, loads):
     plain = compose("experiment=smoke", "logger=none")
     low = compose("experiment=smoke", "logger=none", "low_memory=true")
     assert artifact_dirs.generate_artifact(low)[0] != artifact_dirs.generate_artifact(plain)[0]
-    real = generate.pipeline.load
-    pipes = []
-    monkeypatch.setattr(generate.pipeline, "load",
-                        lambda cfg, device, components="all": pipes.append(real(cfg, device, components)) or pipes[-1])
     out = generate.run(low)
-    assert pipes[0].vae.use_tiling and pipes[0].vae.use_slicing
+    assert loads[0][1].vae.use_tiling and loads[0][1].vae.use_slicing
     # tiles start above 64 px, so these tiny images decode whole; one-at-a-time decoding rounds apart
     a, b = _pngs(out), _pngs(generate.run(plain))
     assert a.keys() == b.keys() and len(a) == 12

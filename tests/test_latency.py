@@ -106,13 +106,24 @@ def test_latency_smoke_run_on_cpu(compose, tmp_path):
     assert metrics["kernel_table"] is None  # `auto` reads a measured table on GPUs only
 
 
-def test_whole_pipeline_memory_modes_on_cpu(compose):
+def test_whole_pipeline_memory_modes_on_cpu(compose, monkeypatch):
+    loaded, load = [], latency_stage._pipeline
+
+    def spy(cfg, device, arch, memory="resident", components="all"):
+        pipe = load(cfg, device, arch, memory, components)
+        loaded.append((memory, components, pipe.text_encoder_2 is not None, pipe.transformer is not None))
+        return pipe
+
+    monkeypatch.setattr(latency_stage, "_pipeline", spy)
     cfg = compose("experiment=latency", "model=tiny", "logger=none", "latency.steps=2", "latency.warmup=1",
                   "latency.resolutions=[32]", "latency.text_tokens=8", "latency.variants=[bf16,w2a16]",
                   "latency.memory_modes=[resident,encoders_offloaded,cached_embeddings]")
     pipeline = json.loads((latency_stage.run(cfg) / "metrics.json").read_text())["metrics"]["pipeline"]
     assert [(p["memory_mode"], p["variant"]) for p in pipeline] == [
         (m, v) for m in ("resident", "encoders_offloaded", "cached_embeddings") for v in ("bf16", "w2a16")]
+    # cached embeddings: a text-only pipeline encodes and is gone before one without T5 and CLIP generates
+    assert loaded == [("resident", "all", True, True), ("encoders_offloaded", "all", True, True),
+                      ("cached_embeddings", "text", True, False), ("cached_embeddings", "image", False, True)]
     assert all(p["error"] is None and p["end_to_end_ms"] > 0 for p in pipeline)
     for p in pipeline[2:]:  # each low-memory mode against the same variant resident, and BF16 of its own mode
         resident = next(r for r in pipeline if r["memory_mode"] == "resident" and r["variant"] == p["variant"])

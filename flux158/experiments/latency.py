@@ -32,6 +32,7 @@ from flux158.models.hub import FLUX1_DEV_TRANSFORMER_CONFIG
 from flux158.models.random import random_pipeline, random_transformer
 from flux158.modulation import modulation_tables
 from flux158.quant import TernaryConfig, TernaryLinear, quantize_, set_activations
+from flux158.toyworld.pipeline import ToyWorldSource
 
 log = logging.getLogger(__name__)
 # variant -> (activation bits, 8-bit format, `ternary_linear` backend); None is the BF16 model. Plain names
@@ -176,40 +177,43 @@ def run(cfg: DictConfig) -> Path:
     return out
 
 
-def _pipeline(cfg: DictConfig, device: torch.device, arch: dict, memory: str = "resident"):
+def _pipeline(cfg: DictConfig, device: torch.device, arch: dict, memory: str = "resident", components: str = "all"):
     """The whole pipeline to time: a hub model with `latency.weights=random` runs a random-weight pipeline of its
     architecture (time and memory are the same; the images are noise). `memory`: "resident" (everything on the
     GPU), "encoders_offloaded" (diffusers' model offload: each model on the GPU only while it runs, so T5 and the
-    transformer are never there together) or "cached_embeddings" (the prompt is encoded once, then the text
-    encoders are dropped); both low-memory modes decode with diffusers' tiled, sliced VAE, as `low_memory=true`
-    generation does."""
+    transformer are never there together) or "cached_embeddings" (`components="image"`: T5 and CLIP are never
+    loaded; see `_encode_once`); both low-memory modes decode with diffusers' tiled, sliced VAE, as
+    `low_memory=true` generation does."""
     lat = cfg.latency
     if memory not in MEMORY_MODES:
         raise Flux158Error(f"latency.memory_modes: unknown mode {memory!r}; choose from {MEMORY_MODES}")
     offload = memory == "encoders_offloaded" and device.type == "cuda"
     if isinstance(resolve.model_spec(cfg), HubFluxSpec) and lat.weights == "random":
-        log.info("latency: whole pipeline with random weights (T5-XXL, CLIP-L, VAE, transformer), %s", memory)
+        log.info("latency: %s pipeline with random weights (FLUX.1-dev's architectures), %s", components, memory)
         with tempfile.TemporaryDirectory(prefix="flux158-tokenizers-") as tokenizers:
-            pipe = random_pipeline(arch, device, parse_dtype(lat.dtype), Path(tokenizers), seed=cfg.seed)
+            pipe = random_pipeline(arch, device, parse_dtype(lat.dtype), Path(tokenizers), seed=cfg.seed,
+                                   components=components)
         if offload:
             pipe.enable_model_cpu_offload(device=device)
     else:
         full = resolve.full_precision(cfg)
         with open_dict(full):
             full.low_memory = memory == "encoders_offloaded"
-        pipe = pipeline.load(full, device)
-    if memory != "resident" and isinstance(pipe, FluxPipeline):
+        pipe = pipeline.load(full, device, components=components)
+    if memory != "resident" and components != "text" and isinstance(pipe, FluxPipeline):
         pipe.vae.enable_tiling()
         pipe.vae.enable_slicing()
     return pipe
 
 
-def _encode_once(pipe, cfg: DictConfig, device: torch.device) -> dict:
-    """The prompt's embeddings, after which the text encoders leave the pipeline (the cached-embeddings mode)."""
+def _encode_once(cfg: DictConfig, device: torch.device, arch: dict) -> dict:
+    """The prompt's embeddings from a text-only pipeline, freed before the image pipeline loads: what a run from
+    stored embeddings (stage `encode`, then `generate`) holds on the GPU."""
+    pipe = _pipeline(cfg, device, arch, "cached_embeddings", components="text")
     with torch.no_grad():
         embeds, pooled, _ = pipe.encode_prompt(cfg.latency.prompt, prompt_2=None,
                                                max_sequence_length=cfg.sampler.max_sequence_length)
-    pipe.text_encoder = pipe.text_encoder_2 = pipe.tokenizer = pipe.tokenizer_2 = None
+    del pipe
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -239,17 +243,18 @@ def _whole_pipeline(cfg: DictConfig, device: torch.device, arch: dict) -> list[d
     The first call (compilation and graph capture included) is reported apart from the timed second call; the
     peaks (allocated and reserved) are the timed call's."""
     lat = cfg.latency
+    if isinstance(resolve.model_spec(cfg), ToyWorldSource):
+        log.info("latency: whole-pipeline runs are measured for FluxPipeline models only; skipped")
+        return []
     cuda = device.type == "cuda"
     modes = [(c, g) for c in lat.compile for g in lat.cuda_graph if cuda or not (c or g)]
     resolution = lat.resolutions[0]
     results = []
     for memory in lat.get("memory_modes", ["resident"]):
         for compiled, graphed in modes:
-            pipe = _pipeline(cfg, device, arch, memory)
-            if not isinstance(pipe, FluxPipeline):
-                log.info("latency: whole-pipeline runs are measured for FluxPipeline models only; skipped")
-                return []
-            conditioning = _encode_once(pipe, cfg, device) if memory == "cached_embeddings" else None
+            cached = memory == "cached_embeddings"
+            conditioning = _encode_once(cfg, device, arch) if cached else None  # before the image pipeline loads
+            pipe = _pipeline(cfg, device, arch, memory, components="image" if cached else "all")
             quantized = False
             for variant in lat.variants:
                 quantized = _convert(pipe.transformer, variant, lat.method, quantized)
