@@ -17,7 +17,9 @@
 # PART=e2e_eager / PART=e2e_compiled (never run yet; sized by guess at under 10 min each) time whole 50-step 1024²
 # generations (T5, CLIP, transformer, VAE) beside the transformer steps, with and without CUDA-graph replay, for
 # BF16, W2A16 and W1.58A8 fp8; e2e_eager also runs the gpu tests that graphed images match eager ones (PSNR).
-#   PART=lease|kernels|latency_eager|latency_compiled|graphs|graph_latency|pipeline_memory|e2e_eager|e2e_compiled|rehearsal|all
+# PART=toyworld_large (never run yet; ~6 min training (a guess), then FP and distill scored on it; TINY=1 for the CPU
+# check) trains issue 17's 4.3x toy model and copies it and its metrics to $OUT.
+#   PART=lease|kernels|latency_eager|latency_compiled|graphs|graph_latency|pipeline_memory|toyworld_large|e2e_eager|e2e_compiled|rehearsal|all
 #   bash scripts/gpu_check.sh
 # Needs diffusers / hydra-core / omegaconf where the GPU image lacks them: wheels in .whl/ are installed first.
 set -u
@@ -108,6 +110,27 @@ if [[ $PART == pipeline_memory ]]; then  # whole-pipeline peak and time per 1024
     'latency.memory_modes=[resident,encoders_offloaded,cached_embeddings]' "${ARGS[@]}" 2>&1 \
     | grep -E "latency|Error|error" | tee "$OUT/pipeline_memory.log"
   cp /tmp/gpu-check-pipe/latency/*/metrics.json "$OUT/pipeline_memory.json" 2>/dev/null
+fi
+if [[ $PART == toyworld_large ]]; then  # issue 17 point 5: train the 4.3x toy model, then FP and distill on it
+  # Resumable: with TOY_DIR on carried storage, a second call continues training where the first stopped.
+  TOY=${TOY_DIR:-/tmp/gpu-check-toy}; ARGS=(); EVAL=()
+  [[ ${TINY:-0} == 1 ]] && ARGS+=(toyworld.train.steps=4 toyworld.train.batch_size=4 toyworld.train.sample_every=4) \
+    && EVAL+=(benchmark.per_tag=1 benchmark.samples_per_prompt=1 calib.num_prompts=4 calib.heldout=2 \
+              quant.config.distill.block_steps=2 quant.config.distill.e2e_steps=2)
+  timeout "${T_TOY_TRAIN:-360}" python3 run.py experiment=toyworld_train_large logger=none paths.output_dir="$TOY" \
+    hydra.run.dir=/tmp/hydra-toy-train "${ARGS[@]}" 2>&1 | grep -vE "it/s\]|step/s\]" | tail -20 \
+    | tee "$OUT/toyworld_large_train.log"
+  DONE=$(ls "$TOY"/toyworld_train/*/.done 2>/dev/null | head -1)  # only a finished training is scored
+  MODEL=${DONE:+$(dirname "$DONE")/model}
+  if [[ -n $MODEL ]]; then
+    cp -r "$MODEL" "$OUT/toyworld_large_model"
+    timeout "${T_TOY_EVAL:-200}" python3 run.py -m experiment=toyworld logger=none paths.output_dir="$TOY" \
+      hydra.sweep.dir=/tmp/hydra-toy-eval model.pretrained="$MODEL" "quant=${TOY_METHODS:-bf16,distill}" \
+      "${EVAL[@]}" 2>&1 | grep -E "evaluate: overall|Error|error" | tee "$OUT/toyworld_large_eval.log"
+    for m in "$TOY"/evaluate/toyworld/*/metrics.json; do
+      [[ -e $m ]] && cp "$m" "$OUT/toyworld_large_$(basename "$(dirname "$m")").json"
+    done
+  fi
 fi
 if [[ $PART == rehearsal ]]; then  # every stage at FLUX.1-dev's shapes, measured, and the paper run's resource plan
   ARGS=()
