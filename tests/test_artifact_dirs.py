@@ -40,6 +40,14 @@ def test_every_stage_directory_is_hashed_under_its_stage(compose):
         artifact_dirs.stage_dir(cfg, "tables")
 
 
+def test_the_toy_detectors_min_area_keys_evaluations_but_not_images(compose):
+    base = compose("experiment=toyworld", "logger=none")
+    other = compose("experiment=toyworld", "logger=none", "benchmark.min_area=6")
+    assert base.benchmark.min_area != 6
+    assert artifact_dirs.stage_dir(base, "generate") == artifact_dirs.stage_dir(other, "generate")
+    assert artifact_dirs.stage_dir(base, "evaluate") != artifact_dirs.stage_dir(other, "evaluate")
+
+
 def test_latency_is_keyed_by_settings_gpu_and_what_ran(compose):
     cfg = compose("experiment=latency", "model=tiny", "logger=none")
     software = {"git_commit": "abc1234", "torch": "2.14.1", "triton": "3.8.0", "kernel_table_override": None}

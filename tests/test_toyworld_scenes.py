@@ -3,9 +3,19 @@
 import numpy as np
 import pytest
 
-from flux158.eval.toyworld.detector import ToyDetector
+from flux158.eval.evaluator import ToyWorldEvaluator
+from flux158.eval.toyworld.detector import MIN_AREA, ToyDetector
 from flux158.eval.toyworld.scoring import score_image
-from flux158.toyworld.scenes import PALETTE, TAGS, heldout_prompts, render_scene, sample_prompt, scene_for
+from flux158.toyworld.scenes import (
+    BACKGROUND,
+    PALETTE,
+    TAGS,
+    heldout_prompts,
+    render_scene,
+    sample_prompt,
+    scene_for,
+    shape_mask,
+)
 
 
 def test_scene_generator_is_deterministic():
@@ -76,6 +86,30 @@ def test_detector_rejects_wrong_scenes():
     assert not correct and "found 0 red" in reason
     noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     assert not score_image(detector, noise, spec, 0.3, 0.9)[0]
+
+
+def test_min_area_keeps_the_smallest_rendered_object():
+    """Crowds (counts of 3+) draw the smallest shapes; every rendered object must be far above the noise cut."""
+    rng = np.random.default_rng(7)
+    areas = []
+    for shape in ("circle", "square", "triangle"):
+        spec = {"tag": "counting", "include": [{"class": shape, "count": 4}], "prompt": "-"}
+        for _ in range(20):
+            _, objects = render_scene(spec, rng)
+            areas += [int(shape_mask(o.shape, o.box[2] - o.box[0]).sum()) for o in objects]
+    assert min(areas) == 41  # a triangle in a 9-pixel box
+    assert MIN_AREA <= min(areas) / 2
+
+
+def test_toy_evaluator_records_and_applies_its_min_area(tmp_path):
+    spec = {"tag": "single_object", "include": [{"class": "square", "count": 1}], "prompt": "a photo of a square"}
+    image, (square,) = scene_for(spec, seed=3)
+    area = (square.box[2] - square.box[0]) ** 2
+    assert ToyWorldEvaluator(PALETTE, BACKGROUND).description["min_area"] == MIN_AREA
+    for min_area, found in ((area, True), (area + 1, False)):
+        evaluator = ToyWorldEvaluator(PALETTE, BACKGROUND, 0.3, 0.7, min_area)
+        assert evaluator.description["min_area"] == min_area
+        assert bool(evaluator.detector().detect(image)) is found
 
 
 def test_detector_validates_image_layout():

@@ -5,7 +5,7 @@ protocol choices) for `metrics.json`. The evaluate stage and each benchmark's CL
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,13 +53,23 @@ class ToyWorldEvaluator:
     background: tuple[int, int, int]
     threshold: float = 0.3
     counting_threshold: float = 0.9
-    description: dict[str, Any] = field(default_factory=lambda: {"evaluator": "toyworld (exact detector)"})
+    min_area: int | None = None  # the detector's smallest object in pixels; None: its default
+
+    @property
+    def description(self) -> dict[str, Any]:
+        return {"evaluator": "toyworld (exact detector)", "min_area": self.detector().min_area}
+
+    def detector(self) -> Any:
+        """The toy detector (`flux158.eval.toyworld.detector.ToyDetector`) at this evaluator's `min_area`."""
+        from flux158.eval.toyworld.detector import ToyDetector
+
+        extra = {} if self.min_area is None else {"min_area": self.min_area}
+        return ToyDetector(self.palette, self.background, **extra)
 
     def score(self, folder: Path) -> list[dict[str, Any]]:
-        from flux158.eval.toyworld.detector import ToyDetector
         from flux158.eval.toyworld.scoring import score_folder
 
-        return score_folder(ToyDetector(self.palette, self.background), folder, self.threshold, self.counting_threshold)
+        return score_folder(self.detector(), folder, self.threshold, self.counting_threshold)
 
     def summarize(self, rows: list[dict[str, Any]]) -> dict[str, float]:
         return pass_fail_summary(rows)

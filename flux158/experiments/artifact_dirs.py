@@ -33,7 +33,7 @@ EVALUATE_KEYS = [*GENERATE_KEYS, "benchmark.evaluator", "benchmark.threshold", "
                  "benchmark.bvqa_image_size", "benchmark.metrics", "benchmark.judge", "benchmark.judge_model",
                  "benchmark.detector_model", "fidelity"]
 # Settings added after artifacts existed: hashed only when the config has them, so older directories keep their names.
-LATER_EVALUATE_KEYS = ["benchmark.numeracy_parser"]
+LATER_EVALUATE_KEYS = ["benchmark.numeracy_parser", "benchmark.min_area"]
 # Prompt embeddings: the text encoders (the model's, in its dtype) and the token budget. The files inside are keyed by
 # prompt text, so every benchmark, calibration set and quantization variant of one model shares one folder.
 EMBEDDINGS_KEYS = ["model", "sampler.max_sequence_length"]

@@ -38,7 +38,8 @@ def _evaluator(cfg: DictConfig) -> Evaluator:
     bench = cfg.benchmark
     evaluator = bench.get("evaluator")
     if evaluator == "toyworld":
-        return ToyWorldEvaluator(PALETTE, BACKGROUND, bench.threshold, bench.counting_threshold)
+        return ToyWorldEvaluator(PALETTE, BACKGROUND, bench.threshold, bench.counting_threshold,
+                                 bench.get("min_area"))
     _, _, device = resolve.process()
     if evaluator == "geneval":
         log.info("evaluate: GenEval with the %s detector (%s weights) and open_clip %s/%s on %s", bench.detector,
