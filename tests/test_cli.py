@@ -80,9 +80,9 @@ def test_default_run_is_the_scored_toy_world(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (metrics_file,) = (tmp_path / "evaluate" / "toyworld").glob("*/metrics.json")
     metrics = json.loads(metrics_file.read_text())
-    assert metrics["num_images"] == 2400 and metrics["metrics"]["overall"] > 0.3  # measured 0.390
+    assert metrics["num_images"] == 2400 and metrics["metrics"]["overall"] > 0.3  # measured 0.380
     low, high = metrics["intervals"]["overall"]
-    assert low <= metrics["metrics"]["overall"] <= high and high - low <= 0.04  # measured [0.374, 0.408]
+    assert low <= metrics["metrics"]["overall"] <= high and high - low <= 0.04  # measured [0.363, 0.397]
     assert "evaluate: overall" in proc.stdout + proc.stderr  # the run ends with the score and its interval
     jobs = set()
     for run_file in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb"):
