@@ -101,7 +101,7 @@ def test_min_area_keeps_the_smallest_rendered_object():
     assert MIN_AREA <= min(areas) / 2
 
 
-def test_toy_evaluator_records_and_applies_its_min_area(tmp_path):
+def test_toy_evaluator_records_and_applies_its_min_area():
     spec = {"tag": "single_object", "include": [{"class": "square", "count": 1}], "prompt": "a photo of a square"}
     image, (square,) = scene_for(spec, seed=3)
     area = (square.box[2] - square.box[0]) ** 2

@@ -7,9 +7,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flux158.eval.geneval.rules import summarize as pass_fail_summary
+
+if TYPE_CHECKING:
+    from flux158.eval.toyworld.detector import ToyDetector
 
 
 class Evaluator(Protocol):
@@ -59,8 +62,8 @@ class ToyWorldEvaluator:
     def description(self) -> dict[str, Any]:
         return {"evaluator": "toyworld (exact detector)", "min_area": self.detector().min_area}
 
-    def detector(self) -> Any:
-        """The toy detector (`flux158.eval.toyworld.detector.ToyDetector`) at this evaluator's `min_area`."""
+    def detector(self) -> ToyDetector:
+        """The toy detector at this evaluator's `min_area`."""
         from flux158.eval.toyworld.detector import ToyDetector
 
         extra = {} if self.min_area is None else {"min_area": self.min_area}
