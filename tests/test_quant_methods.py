@@ -230,6 +230,32 @@ def test_end_to_end_stage_resumes_exactly_after_a_kill(model_cache, calib_dir, t
         assert torch.equal(a, b), name
 
 
+def test_end_to_end_stage_tunes_the_unquantized_parameters_only_when_asked(model_cache, calib_dir):
+    from flux158.quant import distill
+
+    calib, lr = CalibrationSet.load(calib_dir), 1e-3
+    tuned = {}
+    for rate in (0.0, lr):
+        transformer = _fresh(model_cache)
+        quantize_(transformer, TernaryConfig("l2_optimal", "channel"))
+        before = {n: p.detach().clone() for n, p in transformer.named_parameters()}
+        codes = {n: m.codes() for n, m in transformer.named_modules() if isinstance(m, TernaryLinear)}
+        config = TernaryConfig("distill", "channel",
+                               distill=DistillConfig(block_steps=0, e2e_steps=1, e2e_lr_unquantized=rate))
+        distill.tune_end_to_end(transformer, calib, config, progress=False)
+        assert all(torch.equal(m.codes(), codes[n]) for n, m in transformer.named_modules()
+                   if isinstance(m, TernaryLinear))
+        assert all(p.requires_grad for p in transformer.parameters())  # flags restored
+        tuned[rate] = {n: (p.detach() - before[n]).abs() for n, p in transformer.named_parameters()}
+    assert all(not d.any() for d in tuned[0.0].values())
+    # Adam's first step moves every parameter with a gradient by the learning rate (m / sqrt(v) = sign(g))
+    for name in ("proj_out.weight", "x_embedder.weight", "transformer_blocks.0.attn.norm_q.weight"):
+        step = tuned[lr][name]
+        assert step.max().item() <= lr * (1 + 1e-5) and step.median().item() > 0.9 * lr, name
+    with pytest.raises(ValueError, match="e2e_lr_unquantized"):
+        DistillConfig(e2e_lr_unquantized=-1.0)
+
+
 def test_sigma_weights_follow_their_bands():
     from flux158.quant.distill import sigma_weights
 

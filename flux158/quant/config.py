@@ -58,6 +58,10 @@ class DistillConfig:
         e2e_lr_weight: stage-2 step size of the latent weights (relative); 0 keeps the codes frozen, as in
             EfficientQAT's E2E-QP. Above 0 every weight gets an fp32 latent copy and Adam state (16 bytes per
             weight: fine for small models, ~190 GB for FLUX.1-dev).
+        e2e_lr_unquantized: stage-2 absolute Adam step size of the parameters that stay 16-bit (embedders,
+            q/k norms, the output layer: 0.5 % of FLUX.1-dev, 7 % of the toy model), tuned along with the scales so
+            they absorb some of the ternary error; the model stays pure ternary with the same storage. 0 = frozen.
+            They train in their own dtype: in BF16, updates below its resolution round away.
         e2e_sigma_weights: stage-2 loss weight by noise level, as (upper σ, weight) bands in increasing σ: a row
             at σ takes the weight of the first band whose upper bound is ≥ σ (rows above every band: 1). Empty =
             uniform. `((0.2, 1), (0.8, 2.5), (1.0, 0.5))` stresses the mid-σ band where the toy score is lost
@@ -90,6 +94,7 @@ class DistillConfig:
     e2e_lr_scale: float = 1e-3
     e2e_lr_bias: float = 1e-5
     e2e_lr_weight: float = 0.0
+    e2e_lr_unquantized: float = 0.0
     e2e_sigma_weights: tuple[tuple[float, float], ...] = ()
     e2e_guidance: float = 0.0
     grad_clip: float = 0.3
@@ -103,6 +108,8 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.block_steps < 0 or self.e2e_steps < 0 or self.batch_size < 1:
             raise ValueError("block_steps and e2e_steps must be >= 0 and batch_size >= 1")
+        if self.e2e_lr_unquantized < 0:
+            raise ValueError(f"e2e_lr_unquantized must be >= 0, got {self.e2e_lr_unquantized}")
         if self.attn_loss_weight < 0:
             raise ValueError(f"attn_loss_weight must be >= 0, got {self.attn_loss_weight}")
         if self.block_rows is not None and self.block_rows < self.batch_size:

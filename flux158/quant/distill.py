@@ -311,11 +311,22 @@ def _load_e2e(path: Path, params: list[nn.Parameter],
     return int(tensors["step"]), tensors["losses"].tolist(), seconds
 
 
+def _unquantized_parameters(transformer: nn.Module, students: dict[str, STETernaryLinear]) -> list[nn.Parameter]:
+    """The transformer's parameters outside its ternary layers (embedders, q/k norms, output layer), made
+    trainable."""
+    own = {id(p) for m in students.values() for p in m.parameters()}
+    params = [p for p in transformer.parameters() if id(p) not in own]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
 def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, config: TernaryConfig,
                     device: torch.device | str = "cpu", progress: bool = True, checkpoint_dir: Path | None = None,
                     checkpoint_every: int = 200, timing: dict[str, float] | None = None) -> list[float]:
     """Stage 2: train every ternary layer's scale and bias (and, with `e2e_lr_weight > 0`, its latent weight
-    through the straight-through quantizer) on the relative MSE to the cached teacher velocity.
+    through the straight-through quantizer; with `e2e_lr_unquantized > 0`, the parameters that stay 16-bit) on the
+    relative MSE to the cached teacher velocity.
 
     With `checkpoint_dir`, the trained tensors and Adam state are saved every `checkpoint_every` steps and a rerun
     continues from the last save exactly (the same rows in the same order). Returns the losses, one per step;
@@ -334,6 +345,8 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
         students[n] = STETernaryLinear.from_ternary(module, opts.ste_clip, opts.e2e_lr_weight > 0).to(device)
         replace_module(transformer, n, students[n])
     groups = _param_groups(students, opts.e2e_lr_weight, opts.e2e_lr_scale, opts.e2e_lr_bias)
+    if opts.e2e_lr_unquantized > 0:
+        groups.append({"params": _unquantized_parameters(transformer, students), "lr": opts.e2e_lr_unquantized})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     base = [g["lr"] for g in groups]
     pairs = calib.guidance_pairs() if opts.e2e_guidance > 0 else []
