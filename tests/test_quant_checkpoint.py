@@ -41,6 +41,28 @@ def test_save_then_load_is_bit_identical(quantized, tmp_path):
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_input_scales_survive_save_and_load(model_cache, tmp_path):
+    from flux158.quant.ternary import l2_optimal_two_sided
+
+    transformer = FluxPipeline.from_pretrained(ensure_tiny_pipeline(TinyFluxSpec(), model_cache)).transformer
+    config = TernaryConfig("distill", "channel", input_scales=True)
+    reference = _out(transformer)
+    for name, module in list(transformer.named_modules()):
+        if isinstance(module, torch.nn.Linear) and name.startswith(("transformer_blocks", "single_")):
+            codes, scale, in_scale = l2_optimal_two_sided(module.weight.detach())
+            parent, _, child = name.rpartition(".")
+            setattr(transformer.get_submodule(parent), child,
+                    TernaryLinear.from_codes(codes, scale, module.bias, config, in_scale=in_scale))
+    quantized = _out(transformer)
+    assert not torch.equal(quantized, reference)
+    loaded = load_quantized(save(transformer, tmp_path / "q", config, "tiny", None))
+    layer = loaded.get_submodule("transformer_blocks.0.attn.to_q")
+    assert layer.config.input_scales and not torch.all(layer.in_scale == 1)
+    saved = transformer.state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in loaded.state_dict().items())
+    torch.testing.assert_close(_out(loaded), quantized)  # same tensors; float sums may differ in the last bit
+
+
 def test_corrupt_checkpoints_fail_clearly(quantized, tmp_path):
     path = save(quantized.transformer, tmp_path / "q", TernaryConfig("twn", "channel", "trit5"))
     weights = path / "model.safetensors"

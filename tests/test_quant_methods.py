@@ -15,7 +15,7 @@ from flux158.quant.config import DistillConfig, GPTQConfig
 from flux158.quant.gptq import gptq_ternary
 from flux158.quant.metrics import velocity_error
 from flux158.quant.storage import storage_report
-from flux158.quant.ternary import l2_optimal, weighted_l2_scale
+from flux158.quant.ternary import l2_optimal, l2_optimal_two_sided, weighted_l2_scale
 
 PROMPTS = ["a red bicycle", "two dogs on a beach", "a lighthouse at night", "a green apple", "a cat on a sofa",
            "a blue car", "three birds on a wire", "a cup of coffee"]
@@ -165,6 +165,55 @@ def test_lowrank_correction_lowers_weight_error_and_is_counted(model_cache):
     linears = [arch.get_submodule(n) for n in weights if n.startswith(("transformer_blocks", "single_"))]
     assert extra.packed_bytes["2bit"] - base.packed_bytes["2bit"] == sum(
         4 * (m.in_features + m.out_features) * 2 for m in linears)
+
+
+def test_two_sided_fit_beats_one_scale_per_row():
+    g = torch.Generator().manual_seed(0)
+    rows, cols = torch.rand(48, 1, generator=g) + 0.5, torch.rand(80, generator=g) * 3 + 0.2
+    exact = rows * torch.randint(-1, 2, (48, 80), generator=g).float() * cols  # exactly two-sided ternary
+    noisy = torch.randn(48, 80, generator=g) * cols  # input channels of unequal magnitude
+    for w, ratio in ((exact, 0.5), (noisy, 0.9)):
+        codes, scale = l2_optimal(w)
+        per_row = (w - scale * codes).square().sum()
+        codes2, scale2, in_scale = l2_optimal_two_sided(w)
+        assert set(codes2.unique().tolist()) <= {-1, 0, 1} and scale2.shape == (48, 1) and in_scale.shape == (80,)
+        assert (in_scale > 0).all() and in_scale.mean().item() == pytest.approx(1.0, rel=1e-5)
+        assert (w - scale2 * codes2 * in_scale).square().sum() < ratio * per_row
+
+
+@pytest.mark.parametrize("packing", ["2bit", "trit5"])
+def test_input_scales_multiply_the_activations(packing):
+    g = torch.Generator().manual_seed(1)
+    codes = torch.randint(-1, 2, (24, 40), generator=g).to(torch.int8)
+    scale, in_scale, bias = torch.rand(24, 1, generator=g) + 0.1, torch.rand(40, generator=g) + 0.5, torch.randn(24)
+    config = TernaryConfig("distill", "channel", packing, input_scales=True)
+    layer = TernaryLinear.from_codes(codes, scale, bias, config, in_scale=in_scale)
+    x = torch.randn(3, 5, 40, generator=g)
+    expected = x @ (scale * codes.float() * in_scale).T + bias  # the two-sided weight, written out
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.dequantize(), scale * codes.float() * in_scale)
+    with pytest.raises(ValueError, match="input_scales is off"):
+        TernaryLinear.from_codes(codes, scale, bias, TernaryConfig("distill", "channel"), in_scale=in_scale)
+    with pytest.raises(ValueError, match="learned by distill"):
+        TernaryConfig("absmean", "channel", input_scales=True)
+
+
+def test_distill_learns_input_scales_and_counts_their_bytes(model_cache, calib_dir):
+    calib = CalibrationSet.load(calib_dir)
+    transformer = _fresh(model_cache)
+    originals = {n: m.weight.detach().clone() for n, m in transformer.named_modules()
+                 if isinstance(m, torch.nn.Linear) and n.startswith(("transformer_blocks", "single_"))}
+    config = TernaryConfig("distill", "channel", input_scales=True,
+                           distill=DistillConfig(block_steps=3, e2e_steps=3))
+    quantize_(transformer, config, calib, batch_size=4)
+    for name, weight in originals.items():
+        layer = transformer.get_submodule(name)
+        assert isinstance(layer, TernaryLinear) and layer.in_scale.shape == (weight.shape[1],)
+        _, _, init = l2_optimal_two_sided(weight)
+        assert not torch.equal(layer.in_scale, init), name  # trained away from the stage-0 fit
+    arch = _fresh(model_cache)
+    base, extra = storage_report(arch), storage_report(arch, input_scales=True)
+    assert extra.packed_bytes["2bit"] - base.packed_bytes["2bit"] == sum(w.shape[1] * 2 for w in originals.values())
 
 
 def test_calibrated_methods_validate_their_config():

@@ -120,7 +120,7 @@ def _streamed(cfg: DictConfig, config: TernaryConfig, out: Path, device: torch.d
     _start(cfg, out)
     arch = json.loads((source / "config.json").read_text())
     storage = storage_report(meta_flux_transformer(arch), per_channel_scales=config.per_channel,
-                             lowrank_rank=config.lowrank_rank)
+                             lowrank_rank=config.lowrank_rank, input_scales=config.input_scales)
     checkpoint = out / artifact_dirs.QUANTIZED_SUBDIR
     start = time.perf_counter()
     stats = quantize_checkpoint_streaming(source, checkpoint, config, spec.pretrained, spec.revision)
@@ -138,7 +138,8 @@ def _in_memory(cfg: DictConfig, config: TernaryConfig, out: Path, device: torch.
     if config.needs_calibration:
         _check_host_memory(config, train, transformer)
     _start(cfg, out)
-    storage = storage_report(transformer, per_channel_scales=config.per_channel, lowrank_rank=config.lowrank_rank)
+    storage = storage_report(transformer, per_channel_scales=config.per_channel, lowrank_rank=config.lowrank_rank,
+                             input_scales=config.input_scales)
     start = time.perf_counter()
     report = quantize_(transformer, config, train, device=device, batch_size=cfg.quant.get("batch_size", 8),
                        checkpoint_dir=out / "blocks", progress=True)

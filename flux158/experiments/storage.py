@@ -45,13 +45,16 @@ def run(cfg: DictConfig) -> Path:
     config = instantiate(quant) if quant is not None else None
     per_channel = config.per_channel if config is not None else False
     rank = config.lowrank_rank if config is not None else 0
-    report = storage_report(_transformer(cfg), per_channel_scales=per_channel, lowrank_rank=rank)
+    input_scales = config.input_scales if config is not None else False
+    report = storage_report(_transformer(cfg), per_channel_scales=per_channel, lowrank_rank=rank,
+                            input_scales=input_scales)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
     metrics = {"model": cfg.model.name, "quant": cfg.quant.name, "benchmark": "storage", **provenance.environment(),
                "metrics": {**asdict(report), "quantized_share": report.quantized_share,
                            "ratio_2bit": report.ratio("2bit"), "ratio_trit5": report.ratio("trit5"),
-                           "scales": "per_channel" if per_channel else "per_tensor", "lowrank_rank": rank}}
+                           "scales": "per_channel" if per_channel else "per_tensor", "lowrank_rank": rank,
+                           "input_scales": input_scales}}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     with tracking.track(cfg, "storage") as tracker:
         tracker.summary(metrics["metrics"])

@@ -99,7 +99,8 @@ def load_quantized(directory: Path, device: str | torch.device = "cpu") -> FluxT
         raise QuantizedCheckpointError(
             f"{directory} has format version {meta.get('format_version')}, this code reads {FORMAT_VERSION}")
     config = TernaryConfig(meta["method"], meta["granularity"], meta["packing"], meta.get("lowrank_rank", 0),
-                           meta.get("act_bits", 16), meta.get("act_format", "int8"))
+                           meta.get("act_bits", 16), meta.get("act_format", "int8"),
+                           input_scales=meta.get("input_scales", False))
     with torch.device("meta"):
         model = FluxTransformer2DModel.from_config(arch)
         for name in meta["layers"]:

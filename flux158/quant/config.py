@@ -138,6 +138,10 @@ class TernaryConfig:
         act_bits: 16 keeps the activations as they are (W2A16); 8 quantizes them per token at inference (W1.58A8,
             BitNet-style absmax), which changes the numerics and runs on int8/fp8 tensor cores on GPUs.
         act_format: the 8-bit activation type, `int8` (Ampere and later) or `fp8` (e4m3; Ada and Hopper).
+        input_scales: one more 16-bit scale per input channel, W ≈ diag(scale) codes diag(in_scale) (OneBit's two
+            value vectors, for ternary codes): still pure ternary, `in` more numbers per layer (about 0.15 % of
+            FLUX.1-dev's ternary storage), applied to the activations before the kernel. `distill` only (it learns
+            them).
         gptq, distill: options of those methods (defaults filled in when the method is chosen).
     """
 
@@ -147,6 +151,7 @@ class TernaryConfig:
     lowrank_rank: int = 0
     act_bits: int = 16
     act_format: str = "int8"
+    input_scales: bool = False
     gptq: GPTQConfig | None = None
     distill: DistillConfig | None = None
 
@@ -165,6 +170,8 @@ class TernaryConfig:
                              f"{self.act_bits} / {self.act_format!r}")
         if self.method in CALIBRATED_METHODS and self.granularity != "channel":
             raise ValueError(f"{self.method} learns one scale per output channel: use granularity='channel'")
+        if self.input_scales and self.method != "distill":
+            raise ValueError(f"input_scales are learned by distill; {self.method} fits one scale per row")
         if self.method == "gptq" and self.gptq is None:
             object.__setattr__(self, "gptq", GPTQConfig())
         if self.method == "distill" and self.distill is None:

@@ -35,11 +35,13 @@ class StorageReport:
                 f"ratio={self.ratio('trit5'):.2f}x")
 
 
-def storage_report(transformer: nn.Module, per_channel_scales: bool = True, lowrank_rank: int = 0) -> StorageReport:
+def storage_report(transformer: nn.Module, per_channel_scales: bool = True, lowrank_rank: int = 0,
+                   input_scales: bool = False) -> StorageReport:
     """Bytes of the transformer in BF16 and with its block linears' weights ternary-packed.
 
     Everything that is not a block-linear weight (biases, norms, embedders, output layers) stays BF16, and each
-    quantized layer adds its BF16 scales (one per output channel, or one per tensor) and, with `lowrank_rank`
+    quantized layer adds its BF16 scales (one per output channel, or one per tensor; with `input_scales`, one more
+    per input channel) and, with `lowrank_rank`
     r > 0, its BF16 correction factors (r x (in + out) values).
     """
     names = block_linear_names(transformer)
@@ -48,7 +50,7 @@ def storage_report(transformer: nn.Module, per_channel_scales: bool = True, lowr
     for name in names:
         out_features, in_features = transformer.get_submodule(name).weight.shape
         quantized += out_features * in_features
-        scales = (out_features if per_channel_scales else 1) * BF16_BYTES
+        scales = ((out_features if per_channel_scales else 1) + (in_features if input_scales else 0)) * BF16_BYTES
         scales += lowrank_rank * (in_features + out_features) * BF16_BYTES
         packed["2bit"] += -(-in_features // 4) * out_features + scales
         packed["trit5"] += -(-(out_features * in_features) // 5) + scales

@@ -48,6 +48,32 @@ def l2_optimal(w: torch.Tensor, per_channel: bool = True) -> tuple[torch.Tensor,
     return codes.reshape(w.shape).to(torch.int8), alpha
 
 
+def l2_optimal_two_sided(w: torch.Tensor, iters: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes t, row scales a (out, 1) and input-channel scales b (in,) with w ≈ a t b (OneBit's two value vectors,
+    for ternary codes): alternately the exact per-row fit of w / b, then a and b refitted by least squares.
+
+    Starts from b = 1 and keeps the best iterate, so the error is never above `l2_optimal(w)`'s. b has mean 1.
+    """
+    w = w.float()
+    col = torch.ones(w.shape[1], device=w.device)
+    best: tuple[float, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    for _ in range(iters):
+        codes, row = l2_optimal(w / col, per_channel=True)
+        t, row = codes.float(), row.flatten()
+        for _ in range(4):  # each least-squares update lowers ||w - a t b||^2 for these codes
+            den = (t.square() * col.square()).sum(1)
+            row = torch.where(den > 0, (w * t * col).sum(1) / den.clamp(min=1e-30), row)
+            den = (t.square() * row[:, None].square()).sum(0)
+            col = torch.where(den > 0, (w * t * row[:, None]).sum(0) / den.clamp(min=1e-30), col)
+            col = col.clamp(min=1e-3 * col.mean())  # positive: a sign flip belongs to the codes
+            mean = col.mean()
+            col, row = col / mean, row * mean
+        err = (w - row[:, None] * t * col).square().sum().item()
+        if best is None or err < best[0]:
+            best = (err, codes, row[:, None].clone(), col.clone())
+    return best[1], best[2], best[3]
+
+
 METHODS = {
     "absmean": absmean,
     "twn": twn,
