@@ -216,6 +216,27 @@ def test_distill_learns_input_scales_and_counts_their_bytes(model_cache, calib_d
     assert extra.packed_bytes["2bit"] - base.packed_bytes["2bit"] == sum(w.shape[1] * 2 for w in originals.values())
 
 
+@pytest.mark.parametrize("mode", ["lsq", "codes"])
+def test_scale_gradient_beside_latent_weights(mode):
+    from flux158.quant.distill import STETernaryLinear
+
+    g = torch.Generator().manual_seed(2)
+    weight, scale = torch.randn(6, 10, generator=g), torch.rand(6, 1, generator=g) + 0.5
+    layer = STETernaryLinear(weight, scale, None, ste_clip=1.49, scale_gradient=mode)
+    x, upstream = torch.randn(4, 10, generator=g), torch.randn(4, 6, generator=g)
+    (layer(x) * upstream).sum().backward()
+    u = (weight / scale).clamp(-1.49, 1.49)
+    grad_w = upstream.T @ x  # dL/d(effective weight)
+    inside = (weight / scale).abs() < 1.49
+    # d(effective weight)/d(scale) per element: the code, minus u where the clamp passes gradient (LSQ)
+    factor = u.round() if mode == "codes" else u.round() - u * inside
+    torch.testing.assert_close(layer.scale.grad, (factor * grad_w).sum(1, keepdim=True))
+    # the latent weights' straight-through gradient is the same in both modes
+    torch.testing.assert_close(layer.weight.grad, grad_w * inside)
+    with pytest.raises(ValueError, match="scale_gradient"):
+        DistillConfig(scale_gradient="ste")
+
+
 def test_calibrated_methods_validate_their_config():
     with pytest.raises(ValueError, match="channel"):
         TernaryConfig("gptq", "tensor")

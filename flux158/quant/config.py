@@ -71,6 +71,11 @@ class DistillConfig:
             0 matches each half on its own. FLUX.1-dev is guidance-distilled, so this only matters for CFG models.
         grad_clip: gradient-norm clip.
         ste_clip: latent weights pass gradient while |w / scale| < ste_clip (ParetoQ-style wide band).
+        scale_gradient: how a scale learns beside latent weights (both stages). `lsq`: through the rounding's
+            straight-through estimate too, Σ (round(u) - u) ∂L/∂w with u = w / scale (LSQ). Once the latent weights
+            sit on their codes that sum is small and unrelated to the loss, and Adam rescales it into a drift of the
+            scales: stage 2 with `e2e_lr_weight > 0` then raises the loss. `codes`: the gradient the scale has with
+            the codes held fixed, Σ q ∂L/∂w, as in stage 2 with frozen codes.
         txt_weight_last: loss weight of the text stream of the last single block (FLUX discards it).
         block_rows: calibration rows stage 1 holds and trains on (None = all). The block-wise pass keeps three
             block-boundary states per row in host memory (85 MB per row for FLUX.1-dev at 1024^2), so the paper's
@@ -99,6 +104,7 @@ class DistillConfig:
     e2e_guidance: float = 0.0
     grad_clip: float = 0.3
     ste_clip: float = 1.49
+    scale_gradient: str = "lsq"
     txt_weight_last: float = 0.0
     attn_loss_weight: float = 0.0
     e2e_checkpointing: bool | str = "auto"
@@ -116,6 +122,8 @@ class DistillConfig:
             raise ValueError(f"block_rows must be at least batch_size ({self.batch_size}), got {self.block_rows}")
         if self.e2e_checkpointing not in (True, False, "auto"):
             raise ValueError(f"e2e_checkpointing must be true, false or auto, got {self.e2e_checkpointing!r}")
+        if self.scale_gradient not in ("lsq", "codes"):
+            raise ValueError(f"scale_gradient must be 'lsq' or 'codes', got {self.scale_gradient!r}")
         if self.ste_clip <= 0.5:
             raise ValueError("ste_clip must exceed 0.5 (the rounding threshold), e.g. 1.49")
         bands = tuple((float(upper), float(weight)) for upper, weight in self.e2e_sigma_weights)

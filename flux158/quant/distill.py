@@ -44,11 +44,16 @@ class STETernaryLinear(nn.Module):
 
     Values stay in {-1, 0, 1} * s; W passes gradient while |W / s| < c (c = 1.49 keeps the codes ternary and
     lets weights just past the top level still move, as ParetoQ's stretched quantizer does).
+
+    `scale_gradient` (see `DistillConfig`): `lsq` lets the scale's gradient run through the rounding's straight-through
+    estimate as well, giving LSQ's Σ (round(u) - u) ∂L/∂w; `codes` gives the scale the gradient it has with the codes
+    held fixed, Σ q ∂L/∂w.
     """
 
     def __init__(self, weight: torch.Tensor | None, scale: torch.Tensor, bias: torch.Tensor | None, ste_clip: float,
                  lowrank: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 frozen_codes: torch.Tensor | None = None, in_scale: torch.Tensor | None = None) -> None:
+                 frozen_codes: torch.Tensor | None = None, in_scale: torch.Tensor | None = None,
+                 scale_gradient: str = "lsq") -> None:
         super().__init__()
         if (weight is None) == (frozen_codes is None):
             raise ValueError("give either a latent weight to train or frozen codes")
@@ -58,27 +63,30 @@ class STETernaryLinear(nn.Module):
         self.in_scale = (nn.Parameter(in_scale.detach().float().clone().clamp(min=1e-8)) if in_scale is not None
                          else None)
         self.bias = nn.Parameter(bias.detach().float().clone()) if bias is not None else None
-        self.ste_clip = ste_clip
+        self.ste_clip, self.scale_gradient = ste_clip, scale_gradient
         self.lowrank = lowrank  # a frozen low-rank correction carried along (stage 2 only)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, ste_clip: float, input_scales: bool = False) -> STETernaryLinear:
+    def from_linear(cls, linear: nn.Linear, ste_clip: float, input_scales: bool = False,
+                    scale_gradient: str = "lsq") -> STETernaryLinear:
         """Stage-0 init: the latent weight is the original, the scales its L2-optimal ternary scales (per row, or
         per row and input channel)."""
         weight = linear.weight.detach().float()
         if input_scales:
             _, scale, in_scale = l2_optimal_two_sided(weight)
-            return cls(linear.weight, scale, linear.bias, ste_clip, in_scale=in_scale)
+            return cls(linear.weight, scale, linear.bias, ste_clip, in_scale=in_scale, scale_gradient=scale_gradient)
         _, scale = l2_optimal(weight, per_channel=True)
-        return cls(linear.weight, scale, linear.bias, ste_clip)
+        return cls(linear.weight, scale, linear.bias, ste_clip, scale_gradient=scale_gradient)
 
     @classmethod
-    def from_ternary(cls, module: TernaryLinear, ste_clip: float, train_weights: bool) -> STETernaryLinear:
+    def from_ternary(cls, module: TernaryLinear, ste_clip: float, train_weights: bool,
+                     scale_gradient: str = "lsq") -> STETernaryLinear:
         """Continue from finished codes: a latent weight `scale * codes` to train (same codes at the start), or the
         codes frozen (int8, no latent copy) so only scale and bias train."""
         lowrank = (module.lowrank_a, module.lowrank_b) if module.lowrank_a is not None else None
         if train_weights:
-            return cls(module.dequantize(), module.scale, module.bias, ste_clip, lowrank, in_scale=module.in_scale)
+            return cls(module.dequantize(), module.scale, module.bias, ste_clip, lowrank, in_scale=module.in_scale,
+                       scale_gradient=scale_gradient)
         return cls(None, module.scale, module.bias, ste_clip, lowrank, frozen_codes=module.codes(),
                    in_scale=module.in_scale)
 
@@ -97,7 +105,8 @@ class STETernaryLinear(nn.Module):
     def ternary(self) -> torch.Tensor:
         if self.weight is None:
             return self.frozen_codes.float()
-        u = (self.weight / self._step()).clamp(-self.ste_clip, self.ste_clip)
+        step = self._step() if self.scale_gradient == "lsq" else self._step().detach()
+        u = (self.weight / step).clamp(-self.ste_clip, self.ste_clip)
         return u + (u.round() - u).detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -241,8 +250,8 @@ def distill_block(config: TernaryConfig, device: torch.device | str, num_blocks:
         names = linear_names(block)
         originals = {n: block.get_submodule(n) for n in names}
         teacher = copy.deepcopy(block).requires_grad_(False) if opts.attn_loss_weight and opts.block_steps else None
-        students = {n: STETernaryLinear.from_linear(originals[n], opts.ste_clip, config.input_scales).to(device)
-                    for n in names}
+        students = {n: STETernaryLinear.from_linear(originals[n], opts.ste_clip, config.input_scales,
+                                                    opts.scale_gradient).to(device) for n in names}
         for n, m in students.items():
             replace_module(block, n, m)
         # rows stay where the driver keeps them (host memory for FLUX at 1024^2); each step moves its batch
@@ -361,7 +370,8 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
     for n in names:
         module = transformer.get_submodule(n)
         bias_dtypes[n] = module.bias.dtype if module.bias is not None else None
-        students[n] = STETernaryLinear.from_ternary(module, opts.ste_clip, opts.e2e_lr_weight > 0).to(device)
+        students[n] = STETernaryLinear.from_ternary(module, opts.ste_clip, opts.e2e_lr_weight > 0,
+                                                    opts.scale_gradient).to(device)
         replace_module(transformer, n, students[n])
     groups = _param_groups(students, opts.e2e_lr_weight, opts.e2e_lr_scale, opts.e2e_lr_bias)
     if opts.e2e_lr_unquantized > 0:
