@@ -54,6 +54,48 @@ def compose(tmp_path: Path, mirror: Path, model_cache: Path) -> Callable[..., ob
     return _compose
 
 
+# The tiny random FLUX's calibration set, shared by the calibrated-method tests.
+TINY_PROMPTS = ["a red bicycle", "two dogs on a beach", "a lighthouse at night", "a green apple", "a cat on a sofa",
+                "a blue car", "three birds on a wire", "a cup of coffee"]
+
+
+def tiny_sampler():
+    from flux158.generation.images import SamplerSettings
+
+    return SamplerSettings(num_inference_steps=4, guidance_scale=3.5, height=32, width=32, max_sequence_length=16)
+
+
+def fresh_transformer(model_cache: Path):
+    """A new copy of the tiny FLUX transformer (the model is built once per session, then reloaded)."""
+    from diffusers import FluxPipeline
+
+    from flux158.models.tiny import TinyFluxSpec, ensure_tiny_pipeline
+
+    return FluxPipeline.from_pretrained(ensure_tiny_pipeline(TinyFluxSpec(), model_cache)).transformer
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(model_cache: Path):
+    from diffusers import FluxPipeline
+
+    from flux158.models.tiny import TinyFluxSpec, ensure_tiny_pipeline
+
+    pipe = FluxPipeline.from_pretrained(ensure_tiny_pipeline(TinyFluxSpec(), model_cache))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def calib_dir(tiny_pipe, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Teacher calibration records of the tiny FLUX on TINY_PROMPTS (2 states per prompt)."""
+    from flux158.quant.calibration import CaptureSettings, write_calibration
+
+    directory = tmp_path_factory.mktemp("calib")
+    write_calibration(tiny_pipe, TINY_PROMPTS, directory, "train", tiny_sampler(), CaptureSettings(2, 3, 2, 0),
+                      progress=False)
+    return directory
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: int = 300):
     """Run `python run.py ARGS` in a subprocess; returns the CompletedProcess (text, both streams)."""
     full_env = {**os.environ, **(env or {})}

@@ -41,8 +41,7 @@ def storage_report(transformer: nn.Module, per_channel_scales: bool = True, lowr
 
     Everything that is not a block-linear weight (biases, norms, embedders, output layers) stays BF16, and each
     quantized layer adds its BF16 scales (one per output channel, or one per tensor; with `input_scales`, one more
-    per input channel) and, with `lowrank_rank`
-    r > 0, its BF16 correction factors (r x (in + out) values).
+    per input channel) and, with `lowrank_rank` r > 0, its BF16 correction factors (r x (in + out) values).
     """
     names = block_linear_names(transformer)
     total = sum(p.numel() for p in transformer.parameters())
