@@ -6,6 +6,12 @@ world): each folder's score minus the reference's, per tag and overall, with 95 
 
 The first folder is the reference. Pairing removes the prompts' shared difficulty, so these intervals are much
 narrower than the difference of two unpaired intervals.
+
+A method run several times (quantizer seeds, or machines whose float rounding differs) is given as one argument,
+its folders joined by commas; its score is then the mean over its runs, and the interval also resamples the runs,
+so it counts their spread (`flux158.eval.intervals.pooled_comparison`):
+
+    python scripts/compare_evaluations.py <distill seed 0>,<seed 1>,<seed 2> <variant seed 0>,<seed 1>,<seed 2>
 """
 
 from __future__ import annotations
@@ -15,7 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from flux158.eval.intervals import paired_comparison
+from flux158.eval.intervals import pooled_comparison
+
+
+def _runs(group: str) -> list[Path]:
+    return [Path(folder) for folder in group.split(",") if folder]
 
 
 def _rows(folder: Path) -> list[dict]:
@@ -27,17 +37,18 @@ def _rows(folder: Path) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("reference", type=Path)
-    parser.add_argument("others", type=Path, nargs="+")
+    parser.add_argument("reference", type=_runs, help="an evaluate folder, or several runs joined by commas")
+    parser.add_argument("others", type=_runs, nargs="+")
     parser.add_argument("--resamples", type=int, default=10_000)
     args = parser.parse_args()
-    reference = _rows(args.reference)
-    for folder in args.others:
+    reference = [_rows(folder) for folder in args.reference]
+    name = ",".join(folder.name for folder in args.reference)
+    for group in args.others:
         try:
-            comparison = paired_comparison(_rows(folder), reference, args.resamples)
+            comparison = pooled_comparison([_rows(folder) for folder in group], reference, args.resamples)
         except ValueError as e:
-            raise SystemExit(f"{folder} vs {args.reference}: {e}") from None
-        print(f"{folder.name} - {args.reference.name}")
+            raise SystemExit(f"{group} vs {args.reference}: {e}") from None
+        print(f"{','.join(folder.name for folder in group)} - {name}")
         for tag, parts in comparison.items():
             d = parts["difference"]
             print(f"  {tag:<14} {d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]")

@@ -5,7 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from flux158.eval.intervals import as_json, comparison_json, paired_comparison, prompt_entry, score_intervals
+from flux158.eval.intervals import (
+    as_json,
+    comparison_json,
+    paired_comparison,
+    pooled_comparison,
+    prompt_entry,
+    score_intervals,
+)
 
 
 def _rows(tag: str, outcomes: list[list[bool]]) -> list[dict]:
@@ -96,6 +103,25 @@ def test_paired_comparison_refuses_different_images():
         paired_comparison(rows, [{**r, "tag": "b"} for r in rows])
 
 
+def test_pooled_comparison_counts_the_spread_between_runs():
+    # Method A's two runs: one gets every image right, one none (mean 0.5); the reference's two runs each get
+    # exactly half of every prompt's images right. Prompts are all alike, so only the runs vary: a draw picks A's
+    # runs (all, all), (none, none) or one of each with chances 1/4, 1/4, 1/2, giving differences +0.5, -0.5, 0.
+    entries = 40
+    a_runs = [_rows("a", [[True, True]] * entries), _rows("a", [[False, False]] * entries)]
+    b_runs = [_rows("a", [[True, False]] * entries)] * 2
+    out = pooled_comparison(a_runs, b_runs, resamples=4000)["overall"]["difference"]
+    assert out.estimate == 0.0 and (out.low, out.high) == (-0.5, 0.5)
+    # one run per side is the paired comparison, number for number
+    rng = np.random.default_rng(8)
+    mine, ref = (_rows("a", [[bool(x)] * 2 for x in rng.random(50) < p]) for p in (0.4, 0.6))
+    assert pooled_comparison([mine], [ref], resamples=500) == paired_comparison(mine, ref, resamples=500)
+    # identical runs add nothing: the pooled interval is the single pair's
+    assert pooled_comparison([mine, mine], [ref, ref], resamples=500) == paired_comparison(mine, ref, resamples=500)
+    with pytest.raises(ValueError, match="same prompt entries"):
+        pooled_comparison([mine, mine[:-1]], [ref, ref])
+
+
 def test_json_blocks_name_level_method_and_bounds():
     rows = _rows("a", [[True, False]] * 5)
     blob = as_json(score_intervals(rows, 100), 100, 0.95)
@@ -104,3 +130,24 @@ def test_json_blocks_name_level_method_and_bounds():
     comparison = comparison_json(paired_comparison(rows, rows, 100), 100, 0.95)
     assert comparison["overall"]["retention"] == {"estimate": 1.0, "low": 1.0, "high": 1.0}
     assert comparison["method"].startswith("paired")
+
+
+def test_compare_evaluations_script_pools_comma_joined_runs(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def folder(name: str, outcomes: list[list[bool]]) -> str:
+        (tmp_path / name).mkdir()
+        lines = [json.dumps(row) for row in _rows("a", outcomes)]
+        (tmp_path / name / "results.jsonl").write_text("\n".join(lines) + "\n")
+        return str(tmp_path / name)
+
+    ref = folder("ref", [[True, False]] * 10)
+    hit, miss = folder("hit", [[True, True]] * 10), folder("miss", [[False, False]] * 10)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_evaluations.py"
+    out = subprocess.run([sys.executable, str(script), ref, hit, f"{hit},{miss}", "--resamples", "2000"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "hit - ref" and out[2].split() == ["overall", "+0.500", "[+0.500,", "+0.500]"]
+    assert out[3] == "hit,miss - ref" and out[5].split() == ["overall", "+0.000", "[-0.500,", "+0.500]"]

@@ -113,25 +113,47 @@ def paired_comparison(rows: Sequence[Mapping[str, Any]], reference: Sequence[Map
 
     Raises ValueError if the two were not scored on the same prompt entries and tags.
     """
-    mine, theirs = _per_tag(rows, value), _per_tag(reference, value)
-    if {t: (e, n.tolist()) for t, (e, _, n) in mine.items()} != {t: (e, n.tolist()) for t, (e, _, n) in theirs.items()}:
-        raise ValueError("the two result sets were not scored on the same prompt entries, tags and image counts")
-    if not mine:
+    return pooled_comparison([rows], [reference], resamples, level, seed, value)
+
+
+def pooled_comparison(runs: Sequence[Sequence[Mapping[str, Any]]],
+                      reference_runs: Sequence[Sequence[Mapping[str, Any]]], resamples: int = 10_000,
+                      level: float = 0.95, seed: int = 0, value: Callable[[Mapping[str, Any]], float] = _correct
+                      ) -> dict[str, dict[str, Interval]]:
+    """Two methods, each run several times (e.g. quantizer seeds), on the same images: the difference and the
+    retention of their scores averaged over runs, with intervals that count the run-to-run spread as well.
+
+    Each bootstrap draw resamples the prompt entries (one draw shared by every run, as in `paired_comparison`)
+    and, for each method on its own, its runs with replacement (one pick shared by every tag: a run is one
+    model). With one run per side this is `paired_comparison`. With few runs the run-level resampling
+    understates their spread somewhat (by the factor (n - 1) / n in variance).
+
+    Raises ValueError if any run was not scored on the same prompt entries, tags and image counts.
+    """
+    if not runs or not reference_runs:
+        raise ValueError("pooled_comparison needs at least one run per side")
+    tables = [[_per_tag(rows, value) for rows in side] for side in (runs, reference_runs)]
+    layout = {t: (e, n.tolist()) for t, (e, _, n) in tables[0][0].items()}
+    if any({t: (e, n.tolist()) for t, (e, _, n) in table.items()} != layout for side in tables for table in side):
+        raise ValueError("the result sets were not scored on the same prompt entries, tags and image counts")
+    if not layout:
         return {}
-    draws = _draws(mine, resamples, seed)
+    draws = _draws(tables[0][0], resamples, seed)
+    rng = np.random.default_rng([seed, 1])
+    picks = [rng.integers(0, len(side), size=(resamples, len(side))) for side in tables]
     out: dict[str, dict[str, Interval]] = {}
-    boot_a, boot_b = [], []
+    boots: list[list[np.ndarray]] = [[], []]
+    points: list[list[float]] = [[], []]
     for tag, d in draws.items():
-        (_, sa, n), (_, sb, _) = mine[tag], theirs[tag]
-        a, b = _resampled_scores(sa, n, d), _resampled_scores(sb, n, d)
-        pa, pb = float(sa.sum() / n.sum()), float(sb.sum() / n.sum())
+        for k, (side, pick) in enumerate(zip(tables, picks, strict=True)):
+            per_run = np.stack([_resampled_scores(t[tag][1], t[tag][2], d) for t in side], axis=1)
+            boots[k].append(np.take_along_axis(per_run, pick, axis=1).mean(axis=1))
+            points[k].append(float(np.mean([t[tag][1].sum() / t[tag][2].sum() for t in side])))
+        (a, b), (pa, pb) = (boots[0][-1], boots[1][-1]), (points[0][-1], points[1][-1])
         out[tag] = {"retention": _interval(float(_ratio(pa, pb)), _ratio(a, b), level),
                     "difference": _interval(pa - pb, a - b, level)}
-        boot_a.append(a)
-        boot_b.append(b)
-    a, b = np.mean(boot_a, axis=0), np.mean(boot_b, axis=0)
-    pa = float(np.mean([mine[t][1].sum() / mine[t][2].sum() for t in draws]))
-    pb = float(np.mean([theirs[t][1].sum() / theirs[t][2].sum() for t in draws]))
+    a, b = np.mean(boots[0], axis=0), np.mean(boots[1], axis=0)
+    pa, pb = float(np.mean(points[0])), float(np.mean(points[1]))
     out[OVERALL] = {"retention": _interval(float(_ratio(pa, pb)), _ratio(a, b), level),
                     "difference": _interval(pa - pb, a - b, level)}
     return out
