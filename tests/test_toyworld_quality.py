@@ -31,13 +31,14 @@ def test_short_schedule_distill_beats_absmean_on_the_toy_score(compose):
 
 
 # The floors, from the full benchmark's measured 95 % intervals with the fixed detector (docs/toyworld.md,
-# 2026-12-06): the lower ends of distill's retention intervals (seed 0: 73.2 % [69.0, 77.5]; per tag: single object
-# [76, 89], two objects [51, 74], counting [42, 71], colors [65, 77]), less a small margin for float rounding order,
-# which has moved this score before; with the old detector a second seed differed by +0.005 [-0.010, +0.022]. Position
-# and color attribute have no floor: FP scores 0.13 and 0.06 there, and their retention intervals span 57-160 %.
+# 2026-12-06): the lowest lower ends of distill's retention intervals over four runs (seeds 0, 1, 2 on one build
+# machine, seed 0 on another): overall 69.0 %, single object 76 %, two objects 45 %, counting 39 %, colors 65 %,
+# less a small margin for float rounding, which differs across machines (seed 0 scored 0.278 on one, 0.285 on the
+# other). Position and color attribute have no floor: FP scores 0.13 and 0.06 there, and their retention intervals
+# span 48-160 %.
 FP_INTERVAL = (0.34, 0.42)  # BF16 overall, measured 0.380 [0.363, 0.397]
 DISTILL_RETENTION_FLOOR = 0.66
-TAG_RETENTION_FLOORS = {"single_object": 0.72, "two_object": 0.48, "counting": 0.38, "colors": 0.62}
+TAG_RETENTION_FLOORS = {"single_object": 0.72, "two_object": 0.42, "counting": 0.36, "colors": 0.62}
 TARGET_RETENTION, TARGET_TAG_RETENTION = 0.90, 0.75  # issue 17's goal: not met yet
 
 
