@@ -1,5 +1,7 @@
 """`distill` on the tiny FLUX: its straight-through layer, both stages, their options, resume and checkpointing."""
 
+import copy
+
 import pytest
 import torch
 
@@ -52,16 +54,23 @@ def test_scale_gradient_beside_latent_weights(mode):
         DistillConfig(scale_gradient="ste")
 
 
-def test_guided_calls_keep_both_halves_paired(tmp_path):
+@pytest.fixture(scope="module")
+def guided(tmp_path_factory):
+    """A random toy-world pipeline (a CFG model) and its calibration: 3 prompts x 2 states x both halves."""
     from flux158.models import load_pipeline
     from flux158.toyworld.pipeline import ToyWorldSource
 
-    pipe = load_pipeline(ToyWorldSource(None), device="cpu", dtype=torch.float32, cache_dir=tmp_path)
+    directory = tmp_path_factory.mktemp("guided")
+    pipe = load_pipeline(ToyWorldSource(None), device="cpu", dtype=torch.float32, cache_dir=directory / "cache")
     pipe.set_progress_bar_config(disable=True)
     sampler = SamplerSettings(num_inference_steps=5, guidance_scale=3.0, height=32, width=32, max_sequence_length=16)
-    write_calibration(pipe, ["a red circle", "two squares", "a blue triangle"], tmp_path, "train", sampler,
+    write_calibration(pipe, ["a red circle", "two squares", "a blue triangle"], directory, "train", sampler,
                       CaptureSettings(2, 3, 2, 0), progress=False)
-    calib = CalibrationSet.load(tmp_path)
+    return pipe, CalibrationSet.load(directory)
+
+
+def test_guided_calls_keep_both_halves_paired(guided):
+    pipe, calib = guided
     pairs = calib.guidance_pairs()
     assert len(calib) == 3 * 2 * 2 and len(pairs) == 3 * 2
     empty, _ = pipe.encode_prompt([""])
@@ -70,6 +79,59 @@ def test_guided_calls_keep_both_halves_paired(tmp_path):
         assert torch.equal(ru["hidden_states"], rc["hidden_states"]) and torch.equal(ru["timestep"], rc["timestep"])
         torch.testing.assert_close(ru["encoder_hidden_states"], empty)  # the unconditional half: empty prompt
         assert not torch.equal(ru["encoder_hidden_states"], rc["encoder_hidden_states"])
+
+
+def _one_by_one(transformer, calib, index):
+    kwargs, target = calib.batch([index])
+    with torch.no_grad():
+        return transformer(**kwargs, return_dict=False)[0], target
+
+
+def test_guidance_direction_error_against_a_pair_by_pair_computation(guided, model_cache, calib_dir):
+    from flux158.quant.metrics import guidance_direction_error
+
+    pipe, calib = guided
+    teacher = pipe.transformer
+    assert guidance_direction_error(teacher, calib)["rel_mse"] < 1e-8  # the records are this model's outputs
+    student = copy.deepcopy(teacher)
+    quantize_(student, TernaryConfig("l2_optimal", "channel"))
+    err = ref = 0.0
+    for u, c in calib.guidance_pairs():
+        (out_u, t_u), (out_c, t_c) = _one_by_one(student, calib, u), _one_by_one(student, calib, c)
+        err += ((out_c - out_u) - (t_c - t_u)).square().sum().item()
+        ref += (t_c - t_u).square().sum().item()
+    result = guidance_direction_error(student, calib, batch_size=4)
+    assert result["rel_mse"] == pytest.approx(err / ref, rel=1e-4)
+    assert result["rel_mse"] > 0.05  # a data-free ternary model is far off
+    # the tiny FLUX stands for guidance-distilled FLUX.1-dev: no CFG pairs, no direction
+    assert guidance_direction_error(fresh_transformer(model_cache), CalibrationSet.load(calib_dir)) is None
+
+
+def test_end_to_end_direction_loss_adds_the_guidance_direction_term(guided, model_cache, calib_dir):
+    from flux158.quant import distill
+
+    pipe, calib = guided
+    pairs = calib.guidance_pairs()
+    student = copy.deepcopy(pipe.transformer)
+    quantize_(student, TernaryConfig("l2_optimal", "channel"))
+    # stage 2's first step sees every pair (batch = all of them) through the untrained scales: its loss is the
+    # guided velocity's relative MSE plus the weight times the direction's, both over all pairs
+    guided_err = guided_ref = dir_err = dir_ref = 0.0
+    for u, c in pairs:
+        (out_u, t_u), (out_c, t_c) = _one_by_one(student, calib, u), _one_by_one(student, calib, c)
+        guided_err += ((out_u + 3.0 * (out_c - out_u)) - (t_u + 3.0 * (t_c - t_u))).square().sum().item()
+        guided_ref += (t_u + 3.0 * (t_c - t_u)).square().sum().item()
+        dir_err += ((out_c - out_u) - (t_c - t_u)).square().sum().item()
+        dir_ref += (t_c - t_u).square().sum().item()
+    config = TernaryConfig("distill", "channel", distill=DistillConfig(
+        block_steps=0, e2e_steps=1, batch_size=len(pairs), e2e_guidance=3.0, e2e_direction_weight=0.5))
+    losses = distill.tune_end_to_end(student, calib, config, progress=False)
+    assert losses[0] == pytest.approx(guided_err / guided_ref + 0.5 * dir_err / dir_ref, rel=1e-4)
+    with pytest.raises(ValueError, match="e2e_direction_weight"):  # nothing to match without CFG pairs
+        distill.tune_end_to_end(fresh_transformer(model_cache), CalibrationSet.load(calib_dir), config,
+                                progress=False)
+    with pytest.raises(ValueError, match="e2e_direction_weight"):
+        DistillConfig(e2e_direction_weight=-1.0)
 
 
 def test_end_to_end_stage_resumes_exactly_after_a_kill(model_cache, calib_dir, tmp_path, monkeypatch):

@@ -15,17 +15,23 @@ SHORT_DISTILL = ("quant.config.distill.block_steps=100", "quant.config.distill.e
 
 
 def test_short_schedule_distill_beats_absmean_on_the_toy_score(compose):
-    overall = {}
+    overall, direction = {}, {}
     for quant in ("bf16", "absmean", "distill"):
         cfg = compose(*SHORT, f"quant={quant}", *(SHORT_DISTILL if quant == "distill" else ()))
-        for stage in (calibrate, quantize, generate):
-            stage.run(cfg)
+        calibrate.run(cfg)
+        quantized = quantize.run(cfg)
+        if quantized is not None:  # the toy world is a CFG model: its held-out guidance direction is scored
+            summary = json.loads((quantized / "metrics.json").read_text())["metrics"]
+            direction[quant] = summary["output_direction_rel_mse"]
+        generate.run(cfg)
         metrics = json.loads((evaluate.run(cfg) / "metrics.json").read_text())
         overall[quant] = metrics["metrics"]["overall"]
         if quant == "distill":
             difference = metrics["retention_vs_bf16"]["overall"]["difference"]
     assert overall["absmean"] < 0.05, overall  # noise, on 48 images
     assert overall["distill"] >= overall["absmean"] + 0.08, overall  # measured 0.146 vs 0.000 (bf16 0.312), 2026-12-06
+    # held-out guidance-direction error: measured 1.20 vs 1.97 (2026-12-06); the full schedule reaches 0.33
+    assert direction["distill"] < 0.75 * direction["absmean"], direction
     # the paired comparison was made against these BF16 images
     assert difference["estimate"] == pytest.approx(overall["distill"] - overall["bf16"])
 

@@ -30,7 +30,7 @@ from flux158.models.hub import meta_flux_transformer, transformer_folder
 from flux158.quant import QuantizationReport, TernaryConfig, load_quantized, quantize_, save_quantized
 from flux158.quant.blockwise import held_bytes_per_row
 from flux158.quant.calibration import CalibrationError, CalibrationSet
-from flux158.quant.metrics import velocity_error
+from flux158.quant.metrics import guidance_direction_error, velocity_error
 from flux158.quant.storage import storage_report
 from flux158.quant.streaming import quantize_checkpoint_streaming
 
@@ -159,8 +159,10 @@ def _record(cfg: DictConfig, config: TernaryConfig, out: Path, transformer, repo
     this_run = seconds
     if report.timings:  # block-wise: the work of every run that built it (a resumed run did only the rest)
         seconds = report.timings["blockwise_seconds"] + report.timings.get("e2e_seconds", 0.0)
-    error = (velocity_error(transformer, heldout, cfg.quant.get("batch_size", 8), device)
-             if heldout is not None and transformer is not None else None)
+    error = direction = None
+    if heldout is not None and transformer is not None:
+        error = velocity_error(transformer, heldout, cfg.quant.get("batch_size", 8), device)
+        direction = guidance_direction_error(transformer, heldout, cfg.quant.get("batch_size", 8), device)
     summary = {
         "layers_quantized": len(report.quantized), "quantized_params": report.quantized_params,
         "total_params": report.total_params, "quantized_share": report.share,
@@ -169,6 +171,7 @@ def _record(cfg: DictConfig, config: TernaryConfig, out: Path, transformer, repo
         "bytes_trit5": storage.packed_bytes["trit5"], "ratio_2bit": storage.ratio("2bit"),
         "ratio_trit5": storage.ratio("trit5"), "seconds": seconds, "seconds_this_run": this_run,
         **({f"output_{k}": v for k, v in error.items()} if error else {}),
+        **({f"output_direction_{k}": v for k, v in direction.items()} if direction else {}),
     }
     summary |= {f"{k}": v for k, v in report.timings.items()}
     if report.e2e_losses:
@@ -189,7 +192,8 @@ def _record(cfg: DictConfig, config: TernaryConfig, out: Path, transformer, repo
     mark_done(out, {"seconds": seconds, "layers": len(report.quantized)})
     log.info("quantize: %d layers in %.1f s; weight SQNR %.2f dB, zeros %.1f%%%s; 2bit %.2fx", len(report.quantized),
              seconds, report.mean_sqnr_db(), 100 * report.zero_fraction(),
-             f"; held-out output rel. MSE {error['rel_mse']:.4g}" if error else "", storage.ratio("2bit"))
+             (f"; held-out output rel. MSE {error['rel_mse']:.4g}" if error else "")
+             + (f", of the guidance direction {direction['rel_mse']:.4g}" if direction else ""), storage.ratio("2bit"))
 
 
 def _check_ranks_agree(transformer: torch.nn.Module) -> None:

@@ -228,6 +228,17 @@ def _guided(v: torch.Tensor, scale: float) -> torch.Tensor:
     return uncond + scale * (cond - uncond)
 
 
+def _direction(v: torch.Tensor) -> torch.Tensor:
+    """The guidance direction v_cond - v_uncond of a batch laid out [unconditional; conditional]."""
+    uncond, cond = v.chunk(2)
+    return cond - uncond
+
+
+def _loss(pred: torch.Tensor, target: torch.Tensor, row_weights: torch.Tensor | None, rows: list[int]
+          ) -> torch.Tensor:
+    return _rel_mse(pred, target) if row_weights is None else _weighted_rel_mse(pred, target, row_weights[rows])
+
+
 def _save_e2e(path: Path, step: int, losses: list[float], params: list[nn.Parameter],
               optimizer: torch.optim.Optimizer, seconds: float = 0.0) -> None:
     tensors = {"step": torch.tensor([step]), "losses": torch.tensor(losses, dtype=torch.float64),
@@ -268,13 +279,19 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
                     checkpoint_every: int = 200, timing: dict[str, float] | None = None) -> list[float]:
     """Stage 2: train every ternary layer's scale and bias (and, with `e2e_lr_weight > 0`, its latent weight
     through the straight-through quantizer; with `e2e_lr_unquantized > 0`, the parameters that stay 16-bit) on the
-    relative MSE to the cached teacher velocity.
+    relative MSE to the cached teacher velocity (guided, for CFG models), plus `e2e_direction_weight` times that of
+    the guidance direction.
 
     With `checkpoint_dir`, the trained tensors and Adam state are saved every `checkpoint_every` steps and a rerun
     continues from the last save exactly (the same rows in the same order). Returns the losses, one per step;
     `timing["seconds"]` (if given) receives the seconds of all steps, over every run that made them.
     """
     opts, device = config.distill, torch.device(device)
+    pairs = calib.guidance_pairs() if opts.e2e_guidance > 0 else []
+    if opts.e2e_direction_weight > 0 and not pairs:
+        raise ValueError("e2e_direction_weight > 0 needs both halves of classifier-free-guided calls in the "
+                         "calibration and e2e_guidance > 0; this calibration or config has none (FLUX.1-dev is "
+                         "guidance-distilled)")
     dtype = next(transformer.parameters()).dtype
     names = [n for n, m in transformer.named_modules() if isinstance(m, TernaryLinear)]
     requires = {p: p.requires_grad for p in transformer.parameters()}
@@ -292,7 +309,6 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
         groups.append({"params": _unquantized_parameters(transformer, students), "lr": opts.e2e_lr_unquantized})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     base = [g["lr"] for g in groups]
-    pairs = calib.guidance_pairs() if opts.e2e_guidance > 0 else []
     rank, _ = _world()
     rows = _row_sampler(len(pairs) or len(calib), opts.batch_size,
                         torch.Generator().manual_seed(opts.seed + 1_000_003 * rank))
@@ -315,15 +331,17 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
             picked = next(rows).tolist()
             if pairs:  # both halves of each guided call, unconditional first
                 records = [pairs[i][1] for i in picked]
-                kwargs, target = calib.batch([pairs[i][0] for i in picked] + records, device, dtype)
-                pred, target = (_guided(transformer(**kwargs, return_dict=False)[0], opts.e2e_guidance),
-                                _guided(target, opts.e2e_guidance))
+                kwargs, halves = calib.batch([pairs[i][0] for i in picked] + records, device, dtype)
+                out = transformer(**kwargs, return_dict=False)[0]
+                pred, target = _guided(out, opts.e2e_guidance), _guided(halves, opts.e2e_guidance)
             else:
                 records = picked
                 kwargs, target = calib.batch(picked, device, dtype)
                 pred = transformer(**kwargs, return_dict=False)[0]
-            loss = (_rel_mse(pred, target) if row_weights is None
-                    else _weighted_rel_mse(pred, target, row_weights[records]))
+            loss = _loss(pred, target, row_weights, records)
+            if opts.e2e_direction_weight > 0:
+                loss = loss + opts.e2e_direction_weight * _loss(_direction(out), _direction(halves), row_weights,
+                                                                records)
             _update(optimizer, base, step, opts.e2e_steps, loss, params, students, opts.grad_clip)
             losses.append(loss.item())
             if saved is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == opts.e2e_steps):
