@@ -1,8 +1,12 @@
 """The quality gate on the toy world. Fast (default suite): `distill` on a short schedule beats naive absmean on the
 toy score by a clear margin. Slow (`pytest -m slow tests/test_toyworld_quality.py`, ~30 min on 2 CPU cores): the
-full benchmark (2,400 images per model) against the bar measured in docs/toyworld.md."""
+full benchmark (2,400 images per model) against the bar measured in docs/toyworld.md; on the 4.3x larger toy model,
+issue 17's bar (training it takes about 100 min on 2 CPU cores, minutes on a GPU; or point FLUX158_TOYWORLD_LARGE
+at a trained `<run dir>/model`)."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -41,16 +45,16 @@ def test_short_schedule_distill_beats_absmean_on_the_toy_score(compose):
 # machine, seed 0 on another): overall 69.0 %, single object 76 %, two objects 45 %, counting 39 %, colors 65 %,
 # less a small margin for float rounding, which differs across machines (seed 0 scored 0.278 on one, 0.285 on the
 # other). Position and color attribute have no floor: FP scores 0.13 and 0.06 there, and their retention intervals
-# span 48-160 %.
+# span 48-160 %. Those runs had e2e_direction_weight=0; the default 0.1 kept 77.1-78.7 % over three seeds.
 FP_INTERVAL = (0.34, 0.42)  # BF16 overall, measured 0.380 [0.363, 0.397]
 DISTILL_RETENTION_FLOOR = 0.66
 TAG_RETENTION_FLOORS = {"single_object": 0.72, "two_object": 0.42, "counting": 0.36, "colors": 0.62}
-TARGET_RETENTION, TARGET_TAG_RETENTION = 0.90, 0.75  # issue 17's goal: not met yet
+TARGET_RETENTION, TARGET_TAG_RETENTION = 0.90, 0.75  # issue 17's goal: met on the larger model only
 
 
-def _full_run(tmp_path, quants: str) -> dict[str, dict]:
+def _full_run(tmp_path, quants: str, *overrides: str) -> dict[str, dict]:
     env = {"FLUX158_OUTPUT_DIR": str(tmp_path)}
-    proc = run_cli("-m", f"quant={quants}", "logger=none", env=env, timeout=5400)
+    proc = run_cli("-m", f"quant={quants}", "logger=none", *overrides, env=env, timeout=3 * 5400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     found = {}
     for quant in quants.split(","):
@@ -83,10 +87,41 @@ def test_distill_keeps_the_toy_world_where_absmean_collapses(full_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 17's bar (90 % overall, 75 % per tag) is not reached yet: "
-                                       "docs/toyworld.md has the measured retention")
+@pytest.mark.xfail(strict=True, reason="issue 17's bar (90 % overall, 75 % per tag) is reached on the 4.3x larger "
+                                       "toy model only (test below); docs/toyworld.md has the measured retention")
 def test_distill_reaches_the_issue_17_bar(full_run):
     retention = full_run["distill"]["retention_vs_bf16"]
     assert retention["overall"]["retention"]["estimate"] >= TARGET_RETENTION
     tags = [t for t in full_run["bf16"]["metrics"] if t != "overall"]
+    assert all(retention[t]["retention"]["estimate"] >= TARGET_TAG_RETENTION for t in tags), retention
+
+
+# The larger toy model (configs/experiment/toyworld_train_large.yaml, 7.8M parameters): FP 0.519 [0.503, 0.535],
+# `distill` 0.505, 97.3 % [94.7, 99.8] of it with every tag's estimate at 88 % or more (2026-12-06,
+# docs/toyworld.md). A model trained elsewhere (a GPU, another seed of float rounding) scores differently, hence
+# the wide FP range.
+LARGE_FP_RANGE = (0.45, 0.60)
+
+
+@pytest.fixture(scope="module")
+def large_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy_large")
+    model = os.environ.get("FLUX158_TOYWORLD_LARGE")
+    if model is None:
+        proc = run_cli("experiment=toyworld_train_large", "logger=none", env={"FLUX158_OUTPUT_DIR": str(root)},
+                       timeout=4 * 3600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        (done,) = (root / "toyworld_train").glob("*/.done")
+        model = str(done.parent / "model")
+    assert Path(model, "model_index.json").exists(), f"not a trained toy-world pipeline: {model}"
+    return _full_run(root, "bf16,distill", "experiment=toyworld", f"model.pretrained={model}")
+
+
+@pytest.mark.slow
+def test_distill_reaches_the_issue_17_bar_on_the_larger_toy_model(large_run):
+    fp = large_run["bf16"]["metrics"]["overall"]
+    assert LARGE_FP_RANGE[0] <= fp <= LARGE_FP_RANGE[1]
+    retention = large_run["distill"]["retention_vs_bf16"]
+    assert retention["overall"]["retention"]["estimate"] >= TARGET_RETENTION, retention["overall"]
+    tags = [t for t in large_run["bf16"]["metrics"] if t != "overall"]
     assert all(retention[t]["retention"]["estimate"] >= TARGET_TAG_RETENTION for t in tags), retention

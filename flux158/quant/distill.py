@@ -288,10 +288,10 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
     """
     opts, device = config.distill, torch.device(device)
     pairs = calib.guidance_pairs() if opts.e2e_guidance > 0 else []
+    direction_weight = opts.e2e_direction_weight if pairs else 0.0
     if opts.e2e_direction_weight > 0 and not pairs:
-        raise ValueError("e2e_direction_weight > 0 needs both halves of classifier-free-guided calls in the "
-                         "calibration and e2e_guidance > 0; this calibration or config has none (FLUX.1-dev is "
-                         "guidance-distilled)")
+        log.warning("e2e_direction_weight=%g has no effect: the calibration holds no classifier-free-guided pairs "
+                    "or e2e_guidance is 0 (FLUX.1-dev is guidance-distilled)", opts.e2e_direction_weight)
     dtype = next(transformer.parameters()).dtype
     names = [n for n, m in transformer.named_modules() if isinstance(m, TernaryLinear)]
     requires = {p: p.requires_grad for p in transformer.parameters()}
@@ -339,9 +339,8 @@ def tune_end_to_end(transformer: FluxTransformer2DModel, calib: CalibrationSet, 
                 kwargs, target = calib.batch(picked, device, dtype)
                 pred = transformer(**kwargs, return_dict=False)[0]
             loss = _loss(pred, target, row_weights, records)
-            if opts.e2e_direction_weight > 0:
-                loss = loss + opts.e2e_direction_weight * _loss(_direction(out), _direction(halves), row_weights,
-                                                                records)
+            if direction_weight > 0:
+                loss = loss + direction_weight * _loss(_direction(out), _direction(halves), row_weights, records)
             _update(optimizer, base, step, opts.e2e_steps, loss, params, students, opts.grad_clip)
             losses.append(loss.item())
             if saved is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == opts.e2e_steps):
