@@ -20,8 +20,9 @@ from flux158.models import ToyWorldSource, load_pipeline
 from flux158.toyworld.scenes import PALETTE, heldout_prompts
 
 SAMPLER = SamplerSettings(num_inference_steps=20, guidance_scale=3.0, height=32, width=32, max_sequence_length=16)
-# measured 0.420 (2 samples per held-out prompt, 20 steps, guidance 3, counting IoU 0.7; detector of 2026-12-06)
-FP_FLOOR = 0.30
+# measured 0.525 on the committed 4.1M model of 2026-12-07 (0.420 on the 1.8M one before it; 2 samples per
+# held-out prompt, 20 steps, guidance 3, counting IoU 0.7; detector of 2026-12-06)
+FP_FLOOR = 0.40
 CHANCE = 0.05   # naive absmean measured 0.0
 
 
@@ -39,7 +40,7 @@ def _png(image) -> bytes:
 def test_committed_model_is_small_safetensors():
     root = ToyWorldSource().resolve()
     files = [p for p in root.rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) < 5_000_000
+    assert sum(p.stat().st_size for p in files) < 10_000_000  # issue 17: a committed model stays under 10 MB
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
     assert (root / "training_config.yaml").exists()
 
