@@ -41,6 +41,7 @@ def test_committed_model_is_small_safetensors():
     root = ToyWorldSource().resolve()
     files = [p for p in root.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 10_000_000  # issue 17: a committed model stays under 10 MB
+    assert max(p.stat().st_size for p in files) < 5_000_000  # sharded: no committed file over 5 MB
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
     assert (root / "training_config.yaml").exists()
 

@@ -162,11 +162,12 @@ def _ema_weights(model: torch.nn.Module, ema: AveragedModel) -> Iterator[None]:
 
 
 def export_ema(pipe: ToyWorldPipeline, model: torch.nn.Module, ema: AveragedModel, target: Path) -> Path:
-    """Save the pipeline with EMA weights in fp16 safetensors (8.2 MB for the committed model), atomically."""
+    """Save the pipeline with EMA weights in fp16 safetensors, atomically; shards of at most 4 MB keep every committed
+    file small (the committed model's transformer is 8.2 MB)."""
     model.load_state_dict(ema.module.state_dict())
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True, max_shard_size="4MB")
     pipe.to(torch.float32)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
