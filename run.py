@@ -11,13 +11,14 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from flux158.errors import Flux158Error
+from flux158.errors import Flux158Error, ShardsPending
 from flux158.experiments import (
     calibrate,
     encode,
     evaluate,
     generate,
     latency,
+    processes,
     provenance,
     quantize,
     rehearsal,
@@ -32,6 +33,9 @@ STAGES = {"calibrate": calibrate.run, "quantize": quantize.run, "encode": encode
           "evaluate": evaluate.run, "train_toyworld": toyworld_train.run, "storage": storage.run,
           "latency": latency.run, "tables": tables.run}
 STAGES["rehearsal"] = functools.partial(rehearsal.run, stages=STAGES)  # runs the others, measured
+# Under accelerate/torchrun every rank runs these (each takes its share, or joins the data-parallel work, or waits
+# while the main process works; they meet at barriers inside). The other stages run on the main process alone.
+EVERY_RANK = {"calibrate", "quantize", "encode", "generate"}
 
 
 def _describe_run(cfg: DictConfig) -> None:
@@ -44,23 +48,42 @@ def _describe_run(cfg: DictConfig) -> None:
     log.debug("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
 
 
+def _run_stages(cfg: DictConfig) -> None:
+    """Run `cfg.stages` in order. With several processes a main-only stage runs on the main process while the others
+    wait, if a later stage needs them; otherwise they are done and leave."""
+    stages = list(cfg.stages)
+    for position, stage in enumerate(stages):
+        if stage in EVERY_RANK or processes.is_main_process():
+            out = STAGES[stage](cfg)
+            log.debug("stage %s -> %s", stage, out)  # each stage logs its own summary last
+        if stage in EVERY_RANK or processes.num_processes() == 1:
+            continue
+        if EVERY_RANK.intersection(stages[position + 1:]):
+            processes.wait_for_everyone()  # a later stage needs every rank, and what this one wrote
+        elif not processes.is_main_process():
+            log.info("rank %d: done; the main process runs %s", processes.process()[0], ", ".join(stages[position:]))
+            return
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         log.error("unknown stage(s) %s; available: %s", unknown, sorted(STAGES))
         sys.exit(2)
+    processes.start(cpu=cfg.get("device", "auto") == "cpu", timeout_hours=cfg.get("barrier_timeout_hours", 24))
     _describe_run(cfg)
     torch.manual_seed(cfg.seed)
     try:
-        for stage in cfg.stages:
-            out = STAGES[stage](cfg)
-            log.debug("stage %s -> %s", stage, out)  # each stage logs its own summary last
+        _run_stages(cfg)
+    except ShardsPending as e:  # not a failure: another job of the array goes on from here
+        log.info("%s; this job's work is done", e)
     except Flux158Error as e:  # a message the user can act on; a stack trace would only hide it
         if os.environ.get("HYDRA_FULL_ERROR") == "1":  # Hydra's own switch for the full trace
             raise
         log.error("%s", e)
         sys.exit(2)
+    processes.finish()
 
 
 if __name__ == "__main__":

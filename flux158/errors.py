@@ -19,3 +19,8 @@ class LayoutError(Flux158Error):
 
 class ConfigError(Flux158Error, ValueError):
     """A setting is out of range or inconsistent (e.g. `shard.index` >= `shard.count`)."""
+
+
+class ShardsPending(Flux158Error):
+    """A job of a sharded array (`shard.count > 1`) reached a stage that needs every shard's work, which other jobs
+    are still doing: the job that completes it goes on, and this one ends successfully here."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from flux158.artifacts import config_hash
+from flux158.artifacts import artifact_lock, config_hash
 from flux158.experiments.provenance import gpu_name, measured_with
 from flux158.experiments.resolve import model_spec, quant_config
 from flux158.models import ToyWorldSource
@@ -41,6 +41,7 @@ STORAGE_KEYS = ["model", "quant"]
 LATENCY_KEYS = ["model", "sampler", "latency"]
 ACTIVATION_KEYS = ("act_bits", "act_format")  # applied at load time: W2A16 and W1.58A8 share one checkpoint
 QUANTIZED_SUBDIR = "transformer"
+LOCKS_DIR = ".locks"
 # The `quant` section of `quant=bf16` (configs/quant/bf16.yaml; a test keeps the two equal): the unquantized model
 # whose images every quantized model's fidelity is measured against.
 UNQUANTIZED = {"name": "bf16", "checkpoint": None}
@@ -124,6 +125,20 @@ def toyworld_train_artifact(cfg: DictConfig) -> tuple[Path, dict]:
     section = OmegaConf.to_container(cfg.toyworld, resolve=True)
     determining = {"spec": section["spec"], "train": section["train"]}
     return Path(cfg.paths.output_dir) / "toyworld_train" / f"toyworld-{config_hash(determining)}", determining
+
+
+def lock(cfg: DictConfig, directory: Path, what: str, part: str = ""):
+    """The lock of an artifact directory, or of one `part` of it (a shard), for `artifacts.artifact_lock`: held by
+    whoever makes it, so processes sharing the directory never do the same work twice. The lock files live under
+    `<output_dir>/.locks/`, mirroring the artifact tree, so taking a lock writes nothing beside or inside the
+    artifacts (a run that fails before writing leaves no artifact folder)."""
+    root = Path(cfg.paths.output_dir)
+    try:
+        relative = Path(directory).relative_to(root)
+    except ValueError:  # not under the outputs: keyed by the absolute path
+        relative = Path("elsewhere") / config_hash({"path": str(Path(directory).resolve())})
+    lock_file = root / LOCKS_DIR / relative.parent / f"{relative.name}{'.' + part if part else ''}.lock"
+    return artifact_lock(lock_file, what, f"{directory}{f' ({part})' if part else ''}")
 
 
 def unquantized(cfg: DictConfig) -> DictConfig:

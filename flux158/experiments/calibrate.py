@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from flux158.artifacts import atomic_write_text, is_done, mark_done, tree_bytes
 from flux158.errors import Flux158Error
-from flux158.experiments import artifact_dirs, pipeline, resolve, tracking
+from flux158.experiments import artifact_dirs, pipeline, processes, resolve, tracking
 from flux158.quant.calibration import SPLITS, CaptureSettings, chunk_path, estimate_bytes, num_chunks, write_calibration
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,12 @@ def run(cfg: DictConfig) -> Path | None:
         log.info("calibrate: quant=%s is data-free and calib.with_data_free is off; skipped", cfg.quant.name)
         return None
     out, determining = artifact_dirs.calibration_artifact(cfg)
-    if is_done(out):
+    if processes.main_decides(lambda: is_done(out)):
         log.info("calibrate: complete in %s", out)
         return out
     prompts = resolve.calibration_prompts(cfg)
     capture, sampler = settings(cfg), instantiate(cfg.sampler)
-    process_index, num_processes, device = resolve.process()
+    process_index, num_processes, device = processes.process()
     index, count = resolve.global_shard(cfg, process_index, num_processes)
     embeddings = pipeline.stored_embeddings(cfg, prompts["train"] + prompts["heldout"])
     pipe = pipeline.load(resolve.full_precision(cfg), device, "all" if embeddings is None else "image")
@@ -75,16 +75,18 @@ def run(cfg: DictConfig) -> Path | None:
                            "keep fewer states: calib.states_per_prompt or calib.num_prompts. Nothing was written.")
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "config.yaml").exists():
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
-    with tracking.track(cfg, "calibrate", resolve.shard_label(index, count)) as tracker:
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False))
+    with artifact_dirs.lock(cfg, out, "calibrate", f"shard-{index}-of-{count}"), \
+            tracking.track(cfg, "calibrate", resolve.shard_label(index, count)) as tracker:
         start = time.perf_counter()
         captured = {split: write_calibration(pipe, prompts[split], out, split, sampler, capture, index, count,
                                              embeddings=embeddings) for split in SPLITS}
         tracker.summary({f"prompts_captured_{k}": v for k, v in captured.items()}
                         | {"prompts_captured": sum(captured.values()), "states_per_prompt": capture.states_per_prompt,
                            "seconds": time.perf_counter() - start, "estimated_bytes": need})
-    resolve.wait_for_everyone()  # the next stage reads every rank's chunks
-    if complete(out, prompts, capture):
+    processes.wait_for_everyone()  # the next stage reads every rank's chunks
+    if processes.is_main_process() and complete(out, prompts, capture):
         mark_done(out, {split: len(prompts[split]) for split in SPLITS})
         log.info("calibrate: complete in %s", out)
+    processes.wait_for_everyone()
     return out

@@ -15,7 +15,7 @@ from flux158.artifacts import atomic_write, atomic_write_text, is_done
 from flux158.data import sources
 from flux158.data.pinned import fetch
 from flux158.data.prompts import load_complex_subtypes
-from flux158.errors import Flux158Error
+from flux158.errors import Flux158Error, ShardsPending
 from flux158.eval.errors import BadInputError, WeightsUnavailableError
 from flux158.eval.evaluator import Evaluator, GenEvalEvaluator, ToyWorldEvaluator, metrics_record
 from flux158.eval.fidelity import ClipSimilarity, Perceptual, image_fidelity
@@ -28,7 +28,7 @@ from flux158.eval.t2i_compbench.evaluator import build_evaluator as build_t2i_co
 from flux158.eval.t2i_compbench.evaluator import protocol_for
 from flux158.eval.t2i_compbench.scoring import CATEGORIES, ModelSettings, Protocol
 from flux158.eval.t2i_compbench.vocabulary import read_numeracy_objects, read_unidet_labels
-from flux158.experiments import artifact_dirs, provenance, resolve, tracking
+from flux158.experiments import artifact_dirs, processes, provenance, resolve, tracking
 from flux158.toyworld.scenes import BACKGROUND, PALETTE
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def _evaluator(cfg: DictConfig) -> Evaluator:
     if evaluator == "toyworld":
         return ToyWorldEvaluator(PALETTE, BACKGROUND, bench.threshold, bench.counting_threshold,
                                  bench.get("min_area"))
-    _, _, device = resolve.process()
+    _, _, device = processes.process()
     if evaluator == "geneval":
         log.info("evaluate: GenEval with the %s detector (%s weights) and open_clip %s/%s on %s", bench.detector,
                  bench.evaluator_weights, bench.clip_model, bench.clip_pretrained, device)
@@ -129,7 +129,7 @@ def _fidelity_to_bf16(cfg: DictConfig, images: Path, rows: list[dict]) -> dict |
     if not is_done(reference):
         log.warning("no complete BF16 images at %s: fidelity skipped (run quant=bf16 first)", reference)
         return None
-    _, _, device = resolve.process()
+    _, _, device = processes.process()
     lpips, clip, skipped = _fidelity_models(cfg, str(device))
     prompts = {r["filename"]: r["prompt"] for r in rows if "filename" in r and "prompt" in r}
     scores = image_fidelity(reference, images, "*/samples/*.png", lpips, clip, prompts)  # both layouts
@@ -199,16 +199,30 @@ def _backfill(cfg: DictConfig, images: Path, out: Path) -> None:
 
 
 def run(cfg: DictConfig) -> Path:
-    """Write `outputs/evaluate/<benchmark>/<model>-<quant>-<hash>/{metrics.json,results.jsonl}`."""
+    """Write `outputs/evaluate/<benchmark>/<model>-<quant>-<hash>/{metrics.json,results.jsonl}`.
+
+    Once per folder: under the folder's lock, so a second process on the same config waits and then reuses the
+    result. A job of a sharded array (`shard.count > 1`) whose images are not all there yet leaves the evaluation to
+    the job that completes them (`ShardsPending`).
+    """
     images = artifact_dirs.generate_artifact(cfg)[0]
     if not is_done(images):
+        if cfg.shard.count > 1:
+            raise ShardsPending(f"evaluate: the images in {images} are not all there yet (other jobs of "
+                                f"shard.count={cfg.shard.count} are still generating); the shard job that completes "
+                                "them evaluates them")
         raise Flux158Error(f"the images in {images} are incomplete or missing: run the generate stage first "
                            "(stages=[generate,evaluate], all shards)")
     out, determining = artifact_dirs.evaluate_artifact(cfg)
-    if (out / "metrics.json").exists():
-        _backfill(cfg, images, out)
-        log.info("evaluate: %s exists; nothing to do", out / "metrics.json")
-        return out
+    with artifact_dirs.lock(cfg, out, "evaluate"):
+        if (out / "metrics.json").exists():
+            _backfill(cfg, images, out)
+            log.info("evaluate: %s exists; nothing to do", out / "metrics.json")
+            return out
+        return _evaluate(cfg, images, out, determining)
+
+
+def _evaluate(cfg: DictConfig, images: Path, out: Path, determining: dict) -> Path:
     start = time.perf_counter()
     rows, evaluator = _score(cfg, images)
     scoring_seconds = time.perf_counter() - start
@@ -226,7 +240,7 @@ def run(cfg: DictConfig) -> Path:
         if value is not None:
             metrics[key] = value
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False))
     atomic_write(out / "results.jsonl",
                  lambda tmp: pd.DataFrame(rows).to_json(tmp, orient="records", lines=True))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # last: its presence means complete

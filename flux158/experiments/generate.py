@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from flux158.artifacts import atomic_write_text, mark_done
 from flux158.errors import Flux158Error, LayoutError
-from flux158.experiments import artifact_dirs, pipeline, resolve, tracking
+from flux158.experiments import artifact_dirs, pipeline, processes, resolve, tracking
 from flux158.generation.graphs import GraphStats, cuda_graphed
 from flux158.generation.images import expected_paths, generate_images, is_whole_png
 from flux158.generation.layouts import make_layout
@@ -23,13 +23,17 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> Path:
-    """Generate this shard's images; return the artifact directory (shared by all shards)."""
+    """Generate this shard's images; return the artifact directory (shared by all shards).
+
+    Under accelerate/torchrun every rank generates its share, then all meet before the main process checks the
+    whole folder and writes `.done`, so the next stage never sees a rank's images half-way.
+    """
     bench = cfg.benchmark
     if not bench.get("layout"):
         raise LayoutError(f"benchmark {bench.name!r} has no image layout: it is not meant for the generate stage")
     out, determining = artifact_dirs.generate_artifact(cfg)
     items = resolve.prompts(cfg)
-    process_index, num_processes, device = resolve.process()
+    process_index, num_processes, device = processes.process()
     index, count = resolve.global_shard(cfg, process_index, num_processes)
     mine = shard(items, index, count)
     layout = make_layout(bench.layout, out, bench.samples_per_prompt)
@@ -38,9 +42,20 @@ def run(cfg: DictConfig) -> Path:
              len(mine), len(items), bench.samples_per_prompt, index, count, out)
     if all(is_whole_png(p) for p in wanted):
         log.info("generate: all %d images of this shard exist and are whole; nothing to do", len(wanted))
+    else:
+        _generate_share(cfg, out, determining, mine, layout, (index, count), device)
+    processes.wait_for_everyone()  # every rank's images are on disk before the folder is checked
+    if processes.is_main_process():
         _mark_if_complete(out, layout, items, bench.samples_per_prompt)
-        return out
+    processes.wait_for_everyone()  # and `.done` is written before any rank goes on
+    return out
 
+
+def _generate_share(cfg: DictConfig, out: Path, determining: dict, mine: list, layout, shard_of: tuple[int, int],
+                    device) -> None:
+    """Generate the missing images of one shard, holding the shard's lock: a second process on the same config and
+    shard waits, then finds the images made."""
+    bench, (index, count) = cfg.benchmark, shard_of
     sampler = instantiate(cfg.sampler)
     if device.type == "cpu" and sampler.height * sampler.width >= 512 * 512:
         log.warning("generating %dx%d images on the CPU: expect minutes to hours per image", sampler.height,
@@ -59,9 +74,10 @@ def run(cfg: DictConfig) -> Path:
         _compile(pipe.transformer, device)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "config.yaml").exists():
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False))
 
-    with tracking.track(cfg, "generate", resolve.shard_label(index, count)) as tracker, \
+    with artifact_dirs.lock(cfg, out, "generate", f"shard-{index}-of-{count}"), \
+            tracking.track(cfg, "generate", resolve.shard_label(index, count)) as tracker, \
             _graphed(pipe.transformer, device, bool(cfg.get("cuda_graph"))) as graphs:
         report = generate_images(
             pipe, mine, layout, samples_per_prompt=bench.samples_per_prompt, base_seed=cfg.seed,
@@ -80,8 +96,6 @@ def run(cfg: DictConfig) -> Path:
         tracker.summary(stats)
         rows = _sample_rows(layout, mine, bench.samples_per_prompt, cfg.logger.get("max_images", 16))
         tracker.image_table("samples", ["group", "prompt_index", "sample", "prompt", "image"], rows, "image")
-    _mark_if_complete(out, layout, items, bench.samples_per_prompt)
-    return out
 
 
 @contextmanager
@@ -118,6 +132,10 @@ def _sample_rows(layout, items, samples_per_prompt: int, limit: int) -> list[lis
 def _mark_if_complete(out: Path, layout, items, samples_per_prompt: int) -> None:
     """Write `.done` once every shard's images are on disk and whole (whichever shard finishes last does it)."""
     paths = expected_paths(layout, items, samples_per_prompt)
-    if all(is_whole_png(p) for p in paths):
+    missing = sum(not is_whole_png(p) for p in paths)
+    if not missing:
         mark_done(out, {"images": len(paths), "prompts": len(items)})
         log.info("generate: complete, %d images in %s", len(paths), out)
+    else:
+        log.info("generate: %d of %d images are still missing in %s (other shards); the shard that completes the "
+                 "folder marks it done", missing, len(paths), out)

@@ -109,7 +109,7 @@ def run(cfg: DictConfig) -> Path:
     torch._dynamo.config.automatic_dynamic_shapes = False  # one static graph per resolution, as in deployment
     torch._dynamo.config.cache_size_limit = 64
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False))
     rows: list[dict] = []
     metrics = {"model": cfg.model.name, "quant": "latency", "benchmark": "latency", **provenance.environment(),
                "triton": provenance.triton_version(), "measured_at": _utc_now(),

@@ -27,8 +27,6 @@ def load(cfg: DictConfig, device: torch.device, components: str = "all"):
     The transformer comes from `cfg.quant.checkpoint` when set, else from the quantize stage's checkpoint when it
     exists; a data-free method without a checkpoint is applied in memory, a calibrated one is an error.
     """
-    from accelerate import PartialState
-
     checkpoint = cfg.quant.get("checkpoint")
     config = resolve.quant_config(cfg)
     if checkpoint is None and config is not None and components != "text":
@@ -40,18 +38,19 @@ def load(cfg: DictConfig, device: torch.device, components: str = "all"):
             raise CalibrationError(f"quant={cfg.quant.name} needs its quantized checkpoint, which is not at {stored}: "
                                    "run the stages calibrate and quantize first (stages=[calibrate,quantize,...])")
     wanted = cfg.get("device", "auto")
-    # The main process builds or downloads first; the others then read its files instead of racing it.
-    with PartialState().main_process_first():
-        pipe = load_pipeline(
-            resolve.model_spec(cfg),
-            device=device if wanted == "auto" else torch.device(wanted),
-            dtype=parse_dtype(cfg.model.dtype),
-            cache_dir=Path(cfg.paths.cache_dir),
-            transformer_path=Path(checkpoint) if checkpoint else None,
-            cpu_offload=cfg.model.get("cpu_offload", False),
-            components=components,
-            low_memory=bool(cfg.get("low_memory", False)),
-        )
+    # No barrier here (a rank with nothing to do never loads): what a load writes is safe to race. Hub downloads
+    # hold huggingface_hub's per-file locks, the tiny model is built in a temp folder and renamed, the random
+    # model's tokenizers are written under a file lock.
+    pipe = load_pipeline(
+        resolve.model_spec(cfg),
+        device=device if wanted == "auto" else torch.device(wanted),
+        dtype=parse_dtype(cfg.model.dtype),
+        cache_dir=Path(cfg.paths.cache_dir),
+        transformer_path=Path(checkpoint) if checkpoint else None,
+        cpu_offload=cfg.model.get("cpu_offload", False),
+        components=components,
+        low_memory=bool(cfg.get("low_memory", False)),
+    )
     if components == "text":
         return pipe
     if config is not None and checkpoint is None:

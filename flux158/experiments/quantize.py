@@ -14,6 +14,8 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,18 +25,27 @@ import yaml
 from omegaconf import DictConfig
 
 from flux158.artifacts import atomic_write_text, is_done, mark_done
-from flux158.errors import Flux158Error
-from flux158.experiments import artifact_dirs, pipeline, provenance, resolve, tracking
+from flux158.errors import Flux158Error, ShardsPending
+from flux158.experiments import artifact_dirs, pipeline, processes, provenance, resolve, tracking
 from flux158.models import HubFluxSpec
 from flux158.models.hub import meta_flux_transformer, transformer_folder
-from flux158.quant import QuantizationReport, TernaryConfig, load_quantized, quantize_, save_quantized
+from flux158.quant import (
+    QuantizationReport,
+    QuantizedCheckpointError,
+    TernaryConfig,
+    load_quantized,
+    quantize_,
+    save_quantized,
+)
 from flux158.quant.blockwise import held_bytes_per_row
 from flux158.quant.calibration import CalibrationError, CalibrationSet
+from flux158.quant.checkpoint import verify_quantized
 from flux158.quant.metrics import guidance_direction_error, velocity_error
 from flux158.quant.storage import storage_report
 from flux158.quant.streaming import quantize_checkpoint_streaming
 
 log = logging.getLogger(__name__)
+REPORT_FILE = "report.json"  # what quantize_ reported, saved with the checkpoint for its record
 HOST_MEMORY_SHARE = 0.8  # of the available host memory the block states may take (the rest: the process, the OS)
 
 
@@ -51,30 +62,76 @@ def _calibration(cfg: DictConfig, needed: bool) -> tuple[CalibrationSet | None, 
 
 
 def run(cfg: DictConfig) -> Path | None:
-    """Quantize once (on the main process); returns the quantize directory (None for the unquantized model)."""
-    from accelerate import PartialState
+    """Quantize once; returns the quantize directory (None for the unquantized model).
 
+    The work is done once, under the directory's lock (a second process on the same config waits, then reuses
+    it): on the main process while the other ranks wait, or, for `distill` under accelerate/torchrun, data-parallel
+    on every rank. A checkpoint that was saved and verifies but has no `.done` (a run killed while it was being
+    measured) is finished, not redone: only its record is written.
+    """
     config = resolve.quant_config(cfg)
     if config is None:
         log.info("quantize: quant=%s is the unquantized model; nothing to quantize", cfg.quant.name)
         return None
     out = artifact_dirs.quantize_artifact(cfg)[0]
-    state = PartialState(cpu=cfg.get("device", "auto") == "cpu")
-    if config.method == "distill" and state.num_processes > 1 and not is_done(out):
-        log.info("quantize: distill data-parallel over %d processes", state.num_processes)
-        _quantize(cfg, config, out)
-        state.wait_for_everyone()
+    calibration = artifact_dirs.calibration_artifact(cfg)[0]
+    if (config.needs_calibration and cfg.shard.count > 1
+            and processes.main_decides(lambda: not is_done(out) and not is_done(calibration))):
+        raise ShardsPending(f"quantize: the calibration in {calibration} is not complete yet (other jobs of "
+                            f"shard.count={cfg.shard.count} are still capturing); the shard job that completes it "
+                            "quantizes. Launch the same command again once this array has finished, to generate")
+    if config.method == "distill" and processes.num_processes() > 1:
+        with _lock_on_main_process(cfg, out):
+            step = processes.main_decides(lambda: _next_step(out))
+            if step == "quantize":
+                log.info("quantize: distill data-parallel over %d processes", processes.num_processes())
+                _quantize(cfg, config, out)
+            elif step == "record" and processes.is_main_process():
+                _record_saved(cfg, config, out)
+        processes.wait_for_everyone()
         return out
-    with state.main_process_first():  # the other processes then find it done
-        if is_done(out):
-            log.info("quantize: checkpoint exists in %s", out)
-            return out
-        return _quantize(cfg, config, out)
+    if processes.is_main_process():
+        with artifact_dirs.lock(cfg, out, "quantize"):
+            step = _next_step(out)
+            if step == "quantize":
+                _quantize(cfg, config, out)
+            elif step == "record":
+                _record_saved(cfg, config, out)
+    processes.wait_for_everyone()  # the other ranks then find the checkpoint done
+    return out
+
+
+@contextmanager
+def _lock_on_main_process(cfg: DictConfig, out: Path) -> Iterator[None]:
+    if processes.is_main_process():
+        with artifact_dirs.lock(cfg, out, "quantize"):
+            yield
+    else:
+        yield
+
+
+def _next_step(out: Path) -> str:
+    """"done", "record" (a saved, verified checkpoint without its record) or "quantize"."""
+    if is_done(out):
+        log.info("quantize: checkpoint exists in %s", out)
+        return "done"
+    checkpoint = out / artifact_dirs.QUANTIZED_SUBDIR
+    if not (checkpoint.exists() and (out / REPORT_FILE).exists()):
+        return "quantize"
+    try:
+        verify_quantized(checkpoint)
+    except QuantizedCheckpointError as e:
+        log.warning("quantize: the saved checkpoint does not verify (%s); quantizing again", e)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        return "quantize"
+    log.info("quantize: %s was saved and verifies, but was never recorded (the run stopped after saving it); "
+             "writing its record, not quantizing again", checkpoint)
+    return "record"
 
 
 def _quantize(cfg: DictConfig, config: TernaryConfig, out: Path) -> Path:
     """Quantize and measure; the non-main ranks of data-parallel distillation only compute."""
-    _, _, device = resolve.process()
+    _, _, device = processes.process()
     train, heldout = _calibration(cfg, config.needs_calibration)
     log.info("quantize: %s with %s (%s) on %s%s -> %s", cfg.model.name, config.method, config.granularity, device,
              f", {len(train)} calibration rows" if config.needs_calibration else "", out)
@@ -82,16 +139,35 @@ def _quantize(cfg: DictConfig, config: TernaryConfig, out: Path) -> Path:
         transformer, report, storage, seconds = _streamed(cfg, config, out, device, heldout is not None)
     else:
         transformer, report, storage, seconds = _in_memory(cfg, config, out, device, train)
-        if not resolve.is_main_process():
+        if not processes.is_main_process():
             return out
     _record(cfg, config, out, transformer, report, storage, seconds, heldout, device)
     return out
 
 
+def _record_saved(cfg: DictConfig, config: TernaryConfig, out: Path) -> None:
+    """The record of a checkpoint saved by an earlier run: its report from `report.json`, the checkpoint reloaded
+    (and verified again) for the output error."""
+    _, _, device = processes.process()
+    _, heldout = _calibration(cfg, False)
+    checkpoint = out / artifact_dirs.QUANTIZED_SUBDIR
+    saved = json.loads((out / REPORT_FILE).read_text())
+    report = QuantizationReport.from_dict(saved["report"])
+    arch = json.loads((checkpoint / "transformer_config.json").read_text())
+    storage = storage_report(meta_flux_transformer(arch), per_channel_scales=config.per_channel,
+                             lowrank_rank=config.lowrank_rank, input_scales=config.input_scales)
+    transformer = load_quantized(checkpoint, device) if heldout is not None else None
+    _record(cfg, config, out, transformer, report, storage, saved["seconds"], heldout, device)
+
+
+def _save_report(out: Path, report: QuantizationReport, seconds: float) -> None:
+    """Written before the checkpoint: a checkpoint on disk always has the report its record needs."""
+    atomic_write_text(out / REPORT_FILE, json.dumps({"report": report.as_dict(), "seconds": seconds}, indent=2))
+
+
 def _start(cfg: DictConfig, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(artifact_dirs.quantize_artifact(cfg)[1], sort_keys=False),
-                      shared=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(artifact_dirs.quantize_artifact(cfg)[1], sort_keys=False))
 
 
 def _check_host_memory(config: TernaryConfig, train: CalibrationSet, transformer) -> None:
@@ -127,6 +203,7 @@ def _streamed(cfg: DictConfig, config: TernaryConfig, out: Path, device: torch.d
     seconds = time.perf_counter() - start
     report = QuantizationReport(quantized=sorted(stats), quantized_params=sum(s.params for s in stats.values()),
                                 total_params=storage.total_params, layers=stats)
+    _save_report(out, report, seconds)  # after the checkpoint: a checkpoint without it is quantized again
     return (load_quantized(checkpoint, device) if reload else None), report, storage, seconds
 
 
@@ -146,10 +223,10 @@ def _in_memory(cfg: DictConfig, config: TernaryConfig, out: Path, device: torch.
     seconds = time.perf_counter() - start
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         _check_ranks_agree(transformer)
-    if resolve.is_main_process():
+    if processes.is_main_process():
+        _save_report(out, report, seconds)
         save_quantized(transformer, out / artifact_dirs.QUANTIZED_SUBDIR, config,
                        base_model=getattr(spec, "pretrained", None), revision=getattr(spec, "revision", None))
-        shutil.rmtree(out / "blocks", ignore_errors=True)  # resume state, superseded by the checkpoint
     return transformer, report, storage, seconds
 
 
@@ -190,6 +267,7 @@ def _record(cfg: DictConfig, config: TernaryConfig, out: Path, transformer, repo
             tracker.log({"e2e_loss": loss}, step=step)
         tracker.artifact(out / "metrics.json", f"quantize-{cfg.model.name}-{cfg.quant.name}", "results")
     mark_done(out, {"seconds": seconds, "layers": len(report.quantized)})
+    shutil.rmtree(out / "blocks", ignore_errors=True)  # resume state of the block-wise methods; only once recorded
     log.info("quantize: %d layers in %.1f s; weight SQNR %.2f dB, zeros %.1f%%%s; 2bit %.2fx", len(report.quantized),
              seconds, report.mean_sqnr_db(), 100 * report.zero_fraction(),
              (f"; held-out output rel. MSE {error['rel_mse']:.4g}" if error else "")

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from flux158.artifacts import atomic_write_text
 from flux158.errors import Flux158Error
-from flux158.experiments import artifact_dirs, provenance, resolve, tracking
+from flux158.experiments import artifact_dirs, processes, provenance, resolve, tracking
 from flux158.models import RandomFluxSpec
 from flux158.rehearsal import Measured, block_state_bytes, blockwise_plan, linear_plan, measure
 from flux158.rehearsal.plan import GB, Estimate, to_json, to_markdown
@@ -208,7 +208,10 @@ def run(cfg: DictConfig, stages: Mapping[str, StageFn]) -> Path:
     if not isinstance(resolve.model_spec(cfg), RandomFluxSpec):
         raise Flux158Error("experiment=rehearsal measures a random-weight model: use model=flux_dev_random "
                            f"(got model={cfg.model.name})")
-    _, _, device = resolve.process()
+    _, num_processes, device = processes.process()
+    if num_processes > 1:
+        raise Flux158Error(f"experiment=rehearsal measures one GPU, but {num_processes} processes were launched: run "
+                           "it with plain `python run.py experiment=rehearsal`")
     out, determining = artifact_dirs.keyed_dir(cfg, ["rehearsal"], f"{cfg.model.name}-{provenance.gpu_name()}",
                                                ["model", "sampler", "calib", "rehearsal"],
                                                gpu=provenance.gpu_name())

@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -46,26 +45,6 @@ def prompts(cfg: DictConfig) -> list[PromptItem]:
             categories=list(bench.categories) if bench.get("categories") else None,
         )
     return take_per_group(items, bench.get("limit_per_group"))
-
-
-def process() -> tuple[int, int, torch.device]:
-    """(process index, number of processes, device) from accelerate, so `accelerate launch` shards work."""
-    from accelerate import PartialState
-
-    state = PartialState(cpu=not torch.cuda.is_available())
-    return state.process_index, state.num_processes, state.device
-
-
-def is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
-
-
-def wait_for_everyone() -> None:
-    from accelerate import PartialState
-
-    PartialState().wait_for_everyone()
 
 
 def global_shard(cfg: DictConfig, process_index: int, num_processes: int) -> tuple[int, int]:

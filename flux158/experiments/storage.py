@@ -49,7 +49,7 @@ def run(cfg: DictConfig) -> Path:
     report = storage_report(_transformer(cfg), per_channel_scales=per_channel, lowrank_rank=rank,
                             input_scales=input_scales)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False))
     metrics = {"model": cfg.model.name, "quant": cfg.quant.name, "benchmark": "storage", **provenance.environment(),
                "metrics": {**asdict(report), "quantized_share": report.quantized_share,
                            "ratio_2bit": report.ratio("2bit"), "ratio_trit5": report.ratio("trit5"),

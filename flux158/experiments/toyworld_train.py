@@ -24,7 +24,7 @@ def run(cfg: DictConfig) -> Path:
     spec = instantiate(cfg.toyworld.spec, _convert_="all")
     train_cfg = instantiate(cfg.toyworld.train, _convert_="all")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False), shared=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(determining, sort_keys=False))
     prompts = [p["prompt"] for p in heldout_prompts()][::8]
     log.info("training the toy world: %s, %s -> %s", spec, train_cfg, out)
     with tracking.track(cfg, "train_toyworld") as tracker:

@@ -66,7 +66,7 @@ class PromptEmbeddings:
             tensors = {"prompt_embeds": embeds.detach().cpu().contiguous(),
                        "pooled_prompt_embeds": pooled.detach().cpu().contiguous()}
             atomic_write(prompt_file(self.folder, prompt),
-                         lambda tmp, t=tensors, p=prompt: save_file(t, tmp, metadata={"prompt": p}), shared=True,
+                         lambda tmp, t=tensors, p=prompt: save_file(t, tmp, metadata={"prompt": p}),
                          check=_check)
         return len(todo)
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from flux158.artifacts import atomic_write, atomic_write_text, partial_path
+from flux158.artifacts import atomic_write, atomic_write_text, remove_stale_partials
 from flux158.data.prompts import PromptItem
 from flux158.generation.embeddings import PromptEmbeddings
 from flux158.generation.layouts import ImageLayout
@@ -144,10 +144,9 @@ def generate_images(
                     atomic_write_text(path, text)
             for chunk in chunks:
                 paths = [layout.image_path(item, k) for k in chunk]
-                for path in paths:  # leftovers of a killed write of this very image: this shard owns it
-                    partial_path(path).unlink(missing_ok=True)
                 missing = [(k, p) for k, p in zip(chunk, paths, strict=False) if not is_whole_png(p)]
                 for _, path in missing:
+                    remove_stale_partials(path)  # a killed write's temp file (never a live writer's)
                     if path.exists():
                         log.warning("%s is not a whole PNG (empty, truncated or half-copied): generating it again",
                                     path)

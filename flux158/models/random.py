@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from filelock import FileLock
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from flux158.models.hub import (
@@ -110,8 +111,10 @@ def random_pipeline(transformer_config: dict, device: torch.device, dtype: torch
     lengths as with the real ones. `transformer` (e.g. a quantized checkpoint) replaces the random one.
     `components`: "all", "text" (the text encoders only) or "image" (transformer and VAE only)."""
     torch.manual_seed(seed)
-    clip_tok = build_clip_tokenizer(tokenizer_dir / "tokenizer", n_merges=48_894)  # the full 49,408 tokens
-    t5_tok = build_t5_tokenizer(tokenizer_dir / "tokenizer_2")
+    tokenizer_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(tokenizer_dir.with_name(f".{tokenizer_dir.name}.lock")):  # ranks and jobs share the folder
+        clip_tok = build_clip_tokenizer(tokenizer_dir / "tokenizer", n_merges=48_894)  # the full 49,408 tokens
+        t5_tok = build_t5_tokenizer(tokenizer_dir / "tokenizer_2")
     if len(clip_tok) > clip_config["vocab_size"] or len(t5_tok) > t5_config["vocab_size"]:
         raise ValueError("the text encoders' vocabularies must hold the local tokenizers' ids")
     text, image = components in ("all", "text"), components in ("all", "image")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -51,6 +51,14 @@ class QuantizationReport:
     def zero_fraction(self) -> float:
         total = sum(s.params for s in self.layers.values())
         return sum(s.zero_fraction * s.params for s in self.layers.values()) / total if total else float("nan")
+
+    def as_dict(self) -> dict:
+        """Plain JSON-able values (`from_dict` reads them back), so a saved checkpoint keeps its report."""
+        return {**asdict(self), "layers": {n: s.as_dict() for n, s in self.layers.items()}}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> QuantizationReport:
+        return cls(**{**values, "layers": {n: LayerStats(**s) for n, s in values["layers"].items()}})
 
 
 def block_linear_names(transformer: nn.Module) -> list[str]:

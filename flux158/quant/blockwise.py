@@ -124,8 +124,8 @@ def quantize_blockwise(transformer: FluxTransformer2DModel, calib: CalibrationSe
             if saved is not None:
                 state = {k: v.detach().contiguous() for k, v in block.state_dict().items()}
                 meta = {"record": json.dumps(record)}
-                atomic_write(saved, lambda tmp, state=state, meta=meta: save_file(state, tmp, metadata=meta),
-                             shared=True)  # ranks agree
+                # every data-parallel rank writes the same block; each through its own temp file
+                atomic_write(saved, lambda tmp, state=state, meta=meta: save_file(state, tmp, metadata=meta))
         if records is not None and record:
             records.append(record)
         for name, w in originals.items():

@@ -26,7 +26,7 @@ from diffusers import FluxTransformer2DModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from flux158.artifacts import sha256_file
+from flux158.artifacts import partial_path, remove_stale_partials, sha256_file
 from flux158.errors import Flux158Error
 from flux158.quant.config import TernaryConfig
 from flux158.quant.linear import TernaryLinear
@@ -66,13 +66,13 @@ def write_metadata(directory: Path, architecture: dict, config: TernaryConfig, l
 
 def save_quantized(transformer: FluxTransformer2DModel, directory: Path, config: TernaryConfig,
                    base_model: str | None = None, revision: str | None = None) -> Path:
-    """Write the quantized transformer to `directory` atomically (a `.partial` directory renamed at the end)."""
+    """Write the quantized transformer to `directory` atomically (a temp directory renamed at the end)."""
     layers = sorted(n for n, m in transformer.named_modules() if isinstance(m, TernaryLinear))
     if not layers:
         raise ValueError("the transformer has no TernaryLinear layers: run quantize_ first")
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale_partials(directory)
+    tmp = partial_path(directory)
     tmp.mkdir(parents=True)
     state = {k: v.detach().contiguous() for k, v in transformer.state_dict().items()}
     save_file(state, tmp / WEIGHTS_FILE, metadata={"format_version": str(FORMAT_VERSION)})
@@ -135,6 +135,24 @@ def load_quantized(directory: Path, device: str | torch.device = "cpu") -> FluxT
              time.perf_counter() - started)
     model.load_state_dict(state, assign=True)
     return model.eval()
+
+
+def verify_quantized(directory: Path) -> None:
+    """Check that `directory` is a whole checkpoint whose weights files have the sha256 its `quantization.json`
+    records (one streamed read of the weights; nothing is loaded).
+
+    Raises:
+        QuantizedCheckpointError: a missing or unreadable `quantization.json`, missing or changed weights files.
+    """
+    directory = Path(directory)
+    try:
+        meta = json.loads((directory / QUANT_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise QuantizedCheckpointError(f"{directory} is not a readable quantized checkpoint: {e}") from None
+    files = weight_files(directory)
+    if not files or meta.get("sha256") is None:
+        raise QuantizedCheckpointError(f"{directory} has no weights files, or records no sha256 of them")
+    _verify_hashes(directory, files, meta["sha256"])
 
 
 def _verify_hashes(directory: Path, files: list[Path], recorded: dict[str, str] | None) -> None:

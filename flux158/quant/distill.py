@@ -247,7 +247,7 @@ def _save_e2e(path: Path, step: int, losses: list[float], params: list[nn.Parame
         tensors[f"param.{i}"] = p.detach().contiguous()
         for key, value in optimizer.state.get(p, {}).items():
             tensors[f"adam.{i}.{key}"] = value.detach().reshape(value.shape).contiguous()
-    atomic_write(path, lambda tmp: save_file(tensors, tmp), shared=True)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
 def _load_e2e(path: Path, params: list[nn.Parameter],

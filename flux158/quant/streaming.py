@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from flux158.artifacts import partial_path, remove_stale_partials
 from flux158.models.hub import meta_flux_transformer
 from flux158.quant.api import block_linear_names
 from flux158.quant.checkpoint import FORMAT_VERSION, write_metadata
@@ -51,8 +52,8 @@ def quantize_checkpoint_streaming(source: Path, out: Path, config: TernaryConfig
     weights = {f"{name}.weight": name for name in layers}
     biases = {f"{name}.bias": name for name in layers}
 
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale_partials(out)
+    tmp = partial_path(out)
     tmp.mkdir(parents=True)
     stats: dict[str, LayerStats] = {}
     shards = source_shards(source)

@@ -1,0 +1,220 @@
+"""Scale-out as users launch it: torchrun (what `accelerate launch` runs), two runs on one config at once, a SLURM-style
+array through Hydra's `submitit_local` launcher, and processes killed mid-way. Every run here is the toy world on CPU,
+each process with OMP_NUM_THREADS=1 (CPU float sums depend on the thread count, and torchrun sets 1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import REPO, run_cli
+
+TOY = ["logger=none", "benchmark.per_tag=3"]  # 6 tags x 3 prompts x 4 images = 72 images
+IMAGES = 72
+
+
+def _env(out: Path) -> dict[str, str]:
+    return {"FLUX158_OUTPUT_DIR": str(out), "OMP_NUM_THREADS": "1"}
+
+
+def _images(out: Path) -> dict[str, bytes]:
+    (gen,) = (out / "generate" / "toyworld").iterdir()
+    return {str(p.relative_to(gen)): p.read_bytes() for p in sorted(gen.rglob("*.png"))}
+
+
+def _leftovers(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if p.name.endswith(".partial")]
+
+
+def _torchrun(out: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             str(REPO / "run.py"), *TOY, *args], cwd=REPO, env={**os.environ, **_env(out)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_images(out: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list((out / "generate").rglob("*.png"))) >= count:
+            return
+        assert proc.poll() is None, "the run ended before it was killed:\n" + proc.communicate()[0]
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} images after {timeout} s")
+
+
+def _generated(log: str) -> int:
+    """Images written, summed over the processes' "generated N images, skipped M existing" lines."""
+    return sum(int(n) for n in re.findall(r"generated (\d+) images, skipped", log))
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> dict[str, bytes]:
+    """The images of a plain one-process `python run.py`: what every split and every resumed run must equal."""
+    out = tmp_path_factory.mktemp("one")
+    proc = run_cli(*TOY, "stages=[generate]", env=_env(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    images = _images(out)
+    assert len(images) == IMAGES
+    return images
+
+
+def test_torchrun_completes_every_stage_on_its_first_launch(tmp_path, one_process):
+    """The issue's command: 2 ranks, calibrate -> quantize -> generate -> evaluate, both ranks exit 0 on the first
+    launch; the images are the one-process bytes and the evaluation ran once, on the main process."""
+    proc = _torchrun(tmp_path)
+    text = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, text
+    assert "(shard 0 of 2)" in text and "(shard 1 of 2)" in text
+    assert _images(tmp_path) == one_process
+    (metrics,) = (tmp_path / "evaluate" / "toyworld").glob("*/metrics.json")
+    assert json.loads(metrics.read_text())["num_images"] == IMAGES
+    assert text.count("evaluate: overall") == 1 and "rank 1: done; the main process runs evaluate" in text
+    assert "Traceback" not in text and not _leftovers(tmp_path)
+
+
+def test_a_rank_killed_mid_generate_then_a_relaunch_completes(tmp_path, one_process):
+    """SIGKILL one rank half-way: the launch fails (torchrun stops the other rank); the same command again resumes
+    (the killed rank's lock is gone with it, its temp files are swept) and gives the one-process images."""
+    proc = _torchrun(tmp_path)
+    _wait_for_images(tmp_path, 12, proc)
+    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "run.py" in " ".join(p.cmdline())]
+    victim = next(p for p in ranks if p.environ().get("RANK") == "1")
+    victim.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    partway = len(list((tmp_path / "generate").rglob("*.png")))
+    assert 12 <= partway < IMAGES
+
+    again = _torchrun(tmp_path)
+    text = again.communicate(timeout=600)[0]
+    assert again.returncode == 0, text
+    assert _generated(text) == IMAGES - partway  # exactly the missing images, nothing twice
+    assert _images(tmp_path) == one_process
+    assert list((tmp_path / "evaluate" / "toyworld").glob("*/metrics.json"))
+    assert not _leftovers(tmp_path)
+
+
+def test_two_identical_runs_at_once_share_the_work(tmp_path):
+    """Two `python run.py` on one config at the same moment (a data-free method, so quantize is shared too): both
+    exit 0 without a traceback, every image exists once, and quantize, each image and the evaluation were made by
+    one of them only (the other waited on the lock, or found the work done)."""
+    args = [sys.executable, str(REPO / "run.py"), *TOY, "quant=absmean"]
+    env = {**os.environ, **_env(tmp_path)}
+    runs = [subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]
+    texts = [r.communicate(timeout=600)[0] for r in runs]
+    for run, text in zip(runs, texts, strict=True):
+        assert run.returncode == 0, text
+        assert "Traceback" not in text
+    both = "\n".join(texts)
+    assert len(re.findall(r"quantize: \d+ layers in", both)) == 1
+    assert _generated(both) == IMAGES
+    assert both.count("evaluate: overall") == 1
+    (gen,) = (tmp_path / "generate" / "toyworld").iterdir()
+    assert len(list(gen.rglob("*.png"))) == IMAGES and (gen / ".done").exists()
+    assert not _leftovers(tmp_path)
+    (qdir,) = (tmp_path / "quantize").iterdir()
+    assert (qdir / ".done").exists()
+
+
+def test_submitit_array_generates_its_shards_and_the_last_shard_evaluates(tmp_path, one_process):
+    """`-m hydra/launcher=submitit_local shard.count=2 'shard.index=range(0,2)'`, the SLURM array's local twin. One
+    shard job is killed half-way: that launch fails. The same command again resumes the killed shard, the other
+    finds its share done, and the job that completes the images evaluates them, once, with no one watching."""
+    args = [sys.executable, str(REPO / "run.py"), "-m", "hydra/launcher=submitit_local", "shard.count=2",
+            "shard.index=range(0,2)", *TOY]
+    env = {**os.environ, **_env(tmp_path)}
+    first = subprocess.Popen([*args, f"hydra.sweep.dir={tmp_path / 'sweep1'}"], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_images(tmp_path, 12, first)
+    launched = psutil.Process(first.pid).children(recursive=True)
+    tasks = [p for p in launched if "submitit.core._submit" in " ".join(p.cmdline())]
+    assert len(tasks) == 2
+    tasks[0].send_signal(signal.SIGKILL)
+    first.communicate(timeout=300)
+    assert first.returncode != 0
+    psutil.wait_procs(launched, timeout=300)  # the surviving shard job may outlive its launcher; let it finish
+    partway = len(list((tmp_path / "generate").rglob("*.png")))
+    assert partway < IMAGES
+
+    again = subprocess.run([*args, f"hydra.sweep.dir={tmp_path / 'sweep2'}"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _images(tmp_path) == one_process
+    (metrics,) = (tmp_path / "evaluate" / "toyworld").glob("*/metrics.json")
+    assert json.loads(metrics.read_text())["num_images"] == IMAGES
+    logs = "\n".join(p.read_text() for p in (tmp_path / "sweep2").glob("*/run.log"))
+    assert logs.count("evaluate: overall") == 1
+    assert "the shard job that completes them evaluates them; this job's work is done" in logs
+    assert _generated(logs) == IMAGES - partway
+    assert not _leftovers(tmp_path)
+
+
+class Killed(Exception):
+    """Stands for the SIGKILL, out-of-memory or SLURM time limit that stops a run between two lines."""
+
+
+def test_quantize_stopped_after_saving_writes_its_record_instead_of_quantizing_again(compose, monkeypatch):
+    """quantize saved `transformer/` and then died while measuring it (no metrics.json, no .done): the rerun
+    verifies the checkpoint, writes the missing record, does not quantize again, and only then drops `blocks/`."""
+    from flux158.experiments import artifact_dirs, calibrate, quantize
+
+    cfg = compose("experiment=smoke", "quant=gptq", "logger=none")
+    calibrate.run(cfg)
+
+    def killed(*_args, **_kwargs):
+        raise Killed
+
+    monkeypatch.setattr(quantize, "_record", killed)
+    with pytest.raises(Killed):
+        quantize.run(cfg)
+    out = artifact_dirs.quantize_artifact(cfg)[0]
+    checkpoint = out / "transformer"
+    assert (checkpoint / "quantization.json").exists() and (out / "blocks").is_dir()
+    assert not (out / ".done").exists() and not (out / "metrics.json").exists()
+    saved = {p.name: p.read_bytes() for p in checkpoint.iterdir()}
+
+    monkeypatch.undo()
+
+    def not_again(*_args, **_kwargs):
+        raise AssertionError("a saved, verified checkpoint must not be quantized again")
+
+    monkeypatch.setattr(quantize, "quantize_", not_again)
+    monkeypatch.setattr(quantize, "save_quantized", not_again)
+    quantize.run(cfg)
+    assert (out / ".done").exists() and not (out / "blocks").exists()
+    assert {p.name: p.read_bytes() for p in checkpoint.iterdir()} == saved
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["metrics"]["layers_quantized"] == len(metrics["layers"]) == 40
+    assert metrics["metrics"]["output_rel_mse"] > 0 and metrics["metrics"]["seconds"] > 0
+
+
+def test_a_saved_checkpoint_that_does_not_verify_is_quantized_again(compose, monkeypatch):
+    from flux158.experiments import artifact_dirs, calibrate, quantize
+
+    cfg = compose("experiment=smoke", "quant=absmean", "logger=none")
+    calibrate.run(cfg)
+    monkeypatch.setattr(quantize, "_record", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+    with pytest.raises(Killed):
+        quantize.run(cfg)
+    monkeypatch.undo()
+    out = artifact_dirs.quantize_artifact(cfg)[0]
+    weights = out / "transformer" / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0xFF  # one flipped bit in the last tensor's data
+    weights.write_bytes(bytes(blob))
+    calls = []
+    real = quantize.quantize_
+    monkeypatch.setattr(quantize, "quantize_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    quantize.run(cfg)
+    assert calls == [1] and (out / ".done").exists()
+    assert weights.read_bytes() != bytes(blob)
