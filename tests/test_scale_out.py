@@ -104,10 +104,13 @@ def test_a_rank_killed_mid_generate_then_a_relaunch_completes(tmp_path, one_proc
 
 
 def test_two_identical_runs_at_once_share_the_work(tmp_path):
-    """Two `python run.py` on one config at the same moment (a data-free method, so quantize is shared too): both
-    exit 0 without a traceback, every image exists once, and quantize, each image and the evaluation were made by
-    one of them only (the other waited on the lock, or found the work done)."""
-    args = [sys.executable, str(REPO / "run.py"), *TOY, "quant=absmean"]
+    """Two `python run.py` on one config at the same moment (a data-free method with calibration, so calibrate and
+    quantize are shared too): both exit 0 without a traceback, every image exists once, and the calibration,
+    quantize, each image and the evaluation were made by one of them only (the other waited on the lock, or found
+    the work done)."""
+    # toy calibration (used here to measure the output error) cut to 40 prompts in 5 chunks, so it is shared too
+    calib = ["calib.num_prompts=32", "calib.heldout=8", "calib.chunk_size=8"]
+    args = [sys.executable, str(REPO / "run.py"), *TOY, "quant=absmean", *calib]
     env = {**os.environ, **_env(tmp_path)}
     runs = [subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for _ in range(2)]
@@ -116,6 +119,8 @@ def test_two_identical_runs_at_once_share_the_work(tmp_path):
         assert run.returncode == 0, text
         assert "Traceback" not in text
     both = "\n".join(texts)
+    captured = [t for t in texts if "teacher on" in t and "4 of this shard's 4 chunks already on disk" not in t]
+    assert len(captured) == 1  # the other found the chunks made, after waiting or at once
     assert len(re.findall(r"quantize: \d+ layers in", both)) == 1
     assert _generated(both) == IMAGES
     assert both.count("evaluate: overall") == 1
@@ -218,3 +223,53 @@ def test_a_saved_checkpoint_that_does_not_verify_is_quantized_again(compose, mon
     quantize.run(cfg)
     assert calls == [1] and (out / ".done").exists()
     assert weights.read_bytes() != bytes(blob)
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_temp_files_are_unique_per_writer_and_only_a_dead_writers_are_swept(tmp_path):
+    from flux158.artifacts import atomic_write_text, partial_path, remove_stale_partials
+
+    target = tmp_path / "metrics.json"
+    assert partial_path(target) != partial_path(target)  # two writers in one process differ too
+    host = partial_path(target).name.split(".")[2].rsplit("-", 2)[0]
+    dead = tmp_path / f"metrics.json.{host}-{_dead_pid()}-0000aaaa.partial"
+    alive = tmp_path / f"metrics.json.{host}-{os.getpid()}-0000bbbb.partial"
+    elsewhere = tmp_path / "metrics.json.otherhost-1-0000cccc.partial"  # another machine's live writer, maybe
+    legacy = tmp_path / "metrics.json.partial"  # the fixed temp name of older versions
+    for leftover in (dead, alive, elsewhere, legacy):
+        leftover.write_text("half")
+    assert remove_stale_partials(target) == 2
+    assert alive.exists() and elsewhere.exists() and not dead.exists() and not legacy.exists()
+    os.utime(elsewhere, (time.time() - 2 * 86400,) * 2)  # a day old: its writer is gone
+    assert remove_stale_partials(target) == 1 and not elsewhere.exists()
+    atomic_write_text(target, "{}")
+    assert target.read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, target.name])
+
+
+def test_a_lock_held_by_a_killed_process_does_not_block_the_next(tmp_path, caplog):
+    """The holder is SIGKILLed inside the lock: the OS drops its flock, so the next process takes it at once."""
+    from flux158.artifacts import artifact_lock
+
+    lock_file = tmp_path / ".locks" / "quantize" / "x.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); "
+         "lock.acquire(); print('held', flush=True); time.sleep(600)", str(lock_file)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with caplog.at_level("INFO", logger="flux158.artifacts"):
+        killer = subprocess.Popen([sys.executable, "-c", f"import os, time; time.sleep(1); os.kill({holder.pid}, 9)"])
+        started = time.monotonic()
+        with artifact_lock(lock_file, "quantize", "x"):
+            waited = time.monotonic() - started
+        killer.wait()
+    holder.wait()
+    assert 0.5 < waited < 30  # it waited for the live holder, and not a moment past its death
+    assert "another process is making x; waiting for it" in caplog.text
+    with artifact_lock(lock_file, "quantize", "x"):  # and the lock file left behind blocks nobody
+        pass

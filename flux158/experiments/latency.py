@@ -100,10 +100,18 @@ def run(cfg: DictConfig) -> Path:
         log.info("latency: CUDA-graphed steps are timed on GPUs only; skipping them on CPU")
         graphs = [g for g in graphs if not g]
     out, determining = artifact_dirs.latency_artifact(cfg)
-    if is_done(out):
-        log.info("latency: %s holds a finished measurement of this config, code and GPU; delete it to measure "
-                 "again", out)
-        return out
+    with artifact_dirs.lock(cfg, out, "latency"):  # two timings at once on one machine would disturb each other
+        if is_done(out):
+            log.info("latency: %s holds a finished measurement of this config, code and GPU; delete it to measure "
+                     "again", out)
+            return out
+        return _measure(cfg, device, smoke, graphs, out, determining)
+
+
+def _measure(cfg: DictConfig, device: torch.device, smoke: bool, graphs: list[bool], out: Path,
+             determining: dict) -> Path:
+    """Time every variant and setting into `out/metrics.json` (written after each row), then mark it done."""
+    lat = cfg.latency
     arch = _architecture(cfg)
     dtype = parse_dtype(lat.dtype)
     torch._dynamo.config.automatic_dynamic_shapes = False  # one static graph per resolution, as in deployment
