@@ -18,8 +18,6 @@ from flux158.eval.t2i_compbench import judge as scot
 from flux158.eval.t2i_compbench.native import NativeDetector, detections_from_scores
 from flux158.eval.t2i_compbench.rules import Detection
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
-
 
 def _write(category: Path, names: list[str]) -> None:
     (category / "samples").mkdir(parents=True, exist_ok=True)
@@ -252,7 +250,7 @@ def test_official_scot_runs_upstreams_script_and_rescales_to_0_1(tmp_path):
     assert result.metric == "s-cot (official)"
 
 
-def test_unidet_labels_are_derived_from_the_weights_only_pickle_and_checked(tmp_path, monkeypatch):
+def test_unidet_labels_are_derived_from_the_weights_only_pickle_and_checked(tmp_path, monkeypatch, mirror):
     import urllib.request
 
     from flux158.data.pinned import fetch
@@ -260,7 +258,7 @@ def test_unidet_labels_are_derived_from_the_weights_only_pickle_and_checked(tmp_
     from flux158.errors import PromptDataError
     from flux158.eval.t2i_compbench.vocabulary import read_unidet_labels
 
-    labels = (SHARED / "t2i_compbench" / "unidet_detection_features_labels_722.txt").read_text().splitlines()
+    labels = (mirror / "t2i_compbench" / "unidet_detection_features_labels_722.txt").read_text().splitlines()
     pickle = io.BytesIO()
     torch.save({"labels": labels, "features": torch.zeros(722, 2)}, pickle)
     served = {"bytes": pickle.getvalue()}
@@ -350,7 +348,7 @@ def test_tiny_model_plumbing_run_scores_all_eight_categories_with_random_evaluat
     assert metrics["evaluator"]["metrics"]["complex"] == "3-in-1 (2D native)"
 
 
-def test_cli_scores_with_the_native_detector_and_shrunk_models(tmp_path, capsys):
+def test_cli_scores_with_the_native_detector_and_shrunk_models(tmp_path, capsys, mirror):
     from flux158.eval.t2i_compbench.__main__ import main
 
     category = tmp_path / "numeracy"
@@ -358,17 +356,17 @@ def test_cli_scores_with_the_native_detector_and_shrunk_models(tmp_path, capsys)
     args = [str(category), "--category", "numeracy", "--samples", "2", "--detector", "native"]
     assert main(args) == 2
     assert "needs --numeracy-objects" in capsys.readouterr().err
-    args += ["--numeracy-objects", str(SHARED / "t2i_compbench" / "dataset" / "new_objects.txt")]
+    args += ["--numeracy-objects", str(mirror / "t2i_compbench" / "dataset" / "new_objects.txt")]
     assert main(args) == 2
     assert "needs --unidet-labels" in capsys.readouterr().err
-    args += ["--unidet-labels", str(SHARED / "t2i_compbench" / "unidet_detection_features_labels_722.txt")]
+    args += ["--unidet-labels", str(mirror / "t2i_compbench" / "unidet_detection_features_labels_722.txt")]
     assert main([*args, "--random-weights"]) == 0
     assert "numeracy (unidet-count (native)):" in capsys.readouterr().out
     written = json.loads((category / "t2i_compbench" / "metrics.json").read_text())
     assert written["num_images"] == 2 and 0.0 <= written["score"] <= 1.0
 
 
-def test_cli_and_stage_write_the_same_metrics_for_the_same_folder(compose, tmp_path):
+def test_cli_and_stage_write_the_same_metrics_for_the_same_folder(compose, tmp_path, mirror):
     """One evaluator object behind both: the stage's metrics.json, less its provenance, equals the CLI's."""
     from flux158.eval.t2i_compbench.__main__ import main
     from flux158.experiments import evaluate, generate, provenance
@@ -377,10 +375,10 @@ def test_cli_and_stage_write_the_same_metrics_for_the_same_folder(compose, tmp_p
                   "benchmark.samples_per_prompt=2", "benchmark.categories=[color,numeracy,spatial,non_spatial]")
     images = generate.run(cfg)
     stage = json.loads((evaluate.run(cfg) / "metrics.json").read_text())
-    dataset = SHARED / "t2i_compbench" / "dataset"
+    dataset = mirror / "t2i_compbench" / "dataset"
     assert main([str(images), "--random-weights", "--seed", str(cfg.seed), "--samples", "2", "--out",
                  str(tmp_path / "cli"), "--numeracy-objects", str(dataset / "new_objects.txt"),
-                 "--unidet-labels", str(SHARED / "t2i_compbench" / "unidet_detection_features_labels_722.txt")]) == 0
+                 "--unidet-labels", str(mirror / "t2i_compbench" / "unidet_detection_features_labels_722.txt")]) == 0
     cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     provenance_fields = {"model", "quant", "benchmark", "config_hash", "images_dir", "random_weights",
                          *provenance.environment()}
