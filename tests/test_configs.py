@@ -97,3 +97,13 @@ def test_quantized_pipeline_has_ternary_block_linears(compose):
     pipe = pipeline.load(compose("experiment=smoke", "quant=twn"), torch.device("cpu"))
     ternary = [n for n, m in pipe.transformer.named_modules() if isinstance(m, TernaryLinear)]
     assert len(ternary) == 2 * 14 + 2 * 6 and block_linear_names(pipe.transformer) == []
+
+
+@pytest.mark.parametrize("override", ["benchmark.per_tag=-3", "benchmark.per_tag=0", "benchmark.samples_per_prompt=0"])
+def test_counts_below_one_are_refused_before_any_prompt_is_made(compose, override):
+    """Issue 37: `benchmark.per_tag=-3` used to run with zero prompts and exit 0."""
+    from flux158.errors import ConfigError
+    from flux158.experiments import resolve
+
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        resolve.prompts(compose(override))

@@ -94,3 +94,50 @@ def test_the_committed_model_is_reproducible_from_its_config(compose):
     _, determining = artifact_dirs.toyworld_train_artifact(compose("experiment=toyworld_train"))
     recorded = yaml.safe_load((ToyWorldSource().resolve() / "training_config.yaml").read_text())
     assert recorded == determining
+
+
+def test_export_replaces_only_an_earlier_export_and_never_leaves_half_a_model(tmp_path, monkeypatch):
+    """`toyworld.export_to` (issue 37, point 4): a folder that is not an export is refused and untouched; an earlier
+    export is swapped for the new one; a copy that fails half-way leaves the earlier export as it was."""
+    import shutil
+
+    import pytest
+
+    from flux158.errors import Flux158Error
+    from flux158.toyworld.export import check_export_target, export_model
+
+    model = tmp_path / "model"
+    (model / "transformer").mkdir(parents=True)
+    (model / "transformer" / "weights.bin").write_bytes(b"new weights")
+    precious = tmp_path / "my_thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("years of work")
+    with pytest.raises(Flux158Error, match="not an earlier toy-world export"):
+        check_export_target(precious)
+    with pytest.raises(Flux158Error):
+        export_model(model, precious, "spec: {}\n")
+    assert [p.name for p in precious.iterdir()] == ["chapter1.tex"]
+
+    target = tmp_path / "weights"
+    export_model(model, target, "spec: {width: 1}\n")
+    assert (target / "transformer" / "weights.bin").read_bytes() == b"new weights"
+    assert (target / "training_config.yaml").read_text() == "spec: {width: 1}\n"
+
+    (model / "transformer" / "weights.bin").write_bytes(b"newer weights")
+    real_copy = shutil.copyfile
+
+    def disk_full(src, dst, *args, **kwargs):
+        real_copy(src, dst, *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", disk_full)
+    with pytest.raises(OSError):
+        export_model(model, target, "spec: {width: 2}\n")
+    monkeypatch.undo()
+    assert (target / "transformer" / "weights.bin").read_bytes() == b"new weights"  # the earlier export, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "my_thesis", "weights"]  # no temp left
+
+    export_model(model, target, "spec: {width: 2}\n")
+    assert (target / "transformer" / "weights.bin").read_bytes() == b"newer weights"
+    assert (target / "training_config.yaml").read_text() == "spec: {width: 2}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "my_thesis", "weights"]

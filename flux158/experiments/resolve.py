@@ -29,7 +29,8 @@ def require_positive(cfg: DictConfig, *keys: str) -> None:
 
 def prompts(cfg: DictConfig) -> list[PromptItem]:
     """All prompts of the configured benchmark (every shard), after `limit_per_group`."""
-    require_positive(cfg, "benchmark.samples_per_prompt", "benchmark.limit_per_group", "batch_size")
+    require_positive(cfg, "benchmark.samples_per_prompt", "benchmark.limit_per_group", "benchmark.per_tag",
+                     "batch_size")
     bench = cfg.benchmark
     if bench.prompt_set == "inline":
         items = geneval_prompts_from_records(OmegaConf.to_container(bench.prompts, resolve=True))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import yaml
@@ -12,6 +11,7 @@ from omegaconf import DictConfig
 
 from flux158.artifacts import atomic_write_text, mark_done
 from flux158.experiments import artifact_dirs, tracking
+from flux158.toyworld.export import check_export_target, export_model
 from flux158.toyworld.scenes import heldout_prompts
 from flux158.toyworld.train import train_toyworld
 
@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> Path:
     """Train into `outputs/toyworld_train/<hash>/`; with `toyworld.export_to`, copy the model there too."""
     out, determining = artifact_dirs.toyworld_train_artifact(cfg)
+    export = cfg.toyworld.get("export_to")
+    if export:
+        check_export_target(Path(export))  # refused before hours of training, not after
     spec = instantiate(cfg.toyworld.spec, _convert_="all")
     train_cfg = instantiate(cfg.toyworld.train, _convert_="all")
     out.mkdir(parents=True, exist_ok=True)
@@ -35,11 +38,7 @@ def run(cfg: DictConfig) -> Path:
         )
         tracker.artifact(model_dir, "toyworld-model", "model", {"config_hash": out.name})
     mark_done(out, {"model": str(model_dir)})
-    export = cfg.toyworld.get("export_to")
     if export:
-        target = Path(export)
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(model_dir, target)
-        atomic_write_text(target / "training_config.yaml", yaml.safe_dump(determining, sort_keys=False))
-        log.info("exported the toy-world model to %s", target)
+        export_model(model_dir, Path(export), yaml.safe_dump(determining, sort_keys=False))
+        log.info("exported the toy-world model to %s", export)
     return model_dir
