@@ -273,3 +273,25 @@ def test_a_lock_held_by_a_killed_process_does_not_block_the_next(tmp_path, caplo
     assert "another process is making x; waiting for it" in caplog.text
     with artifact_lock(lock_file, "quantize", "x"):  # and the lock file left behind blocks nobody
         pass
+
+
+def test_evaluate_refuses_a_folder_that_lost_images_after_generate(compose):
+    """Issue 37 point 2: a prompt folder deleted after `.done` (as an old error message invited) used to be scored on
+    fewer images without a word; now evaluate names what is missing, scores nothing, and generate remakes it."""
+    from flux158.errors import Flux158Error
+    from flux158.experiments import artifact_dirs, evaluate, generate
+
+    cfg = compose("experiment=toyworld", "benchmark.per_tag=1", "logger=none")
+    images = generate.run(cfg)
+    lost = images / "00003"
+    kept = (lost / "samples" / "0002.png").read_bytes()
+    import shutil
+
+    shutil.rmtree(lost)
+    with pytest.raises(Flux158Error, match=r"4 of the 24 images .* are missing or not whole \(e\.g\. 00003/"):
+        evaluate.run(cfg)
+    assert not artifact_dirs.evaluate_artifact(cfg)[0].exists()
+    generate.run(cfg)
+    assert (lost / "samples" / "0002.png").read_bytes() == kept
+    metrics = json.loads((evaluate.run(cfg) / "metrics.json").read_text())
+    assert metrics["num_images"] == 24
