@@ -71,7 +71,7 @@ def main(cfg: DictConfig) -> None:
     if unknown:
         log.error("unknown stage(s) %s; available: %s", unknown, sorted(STAGES))
         sys.exit(2)
-    processes.start(cpu=cfg.get("device", "auto") == "cpu", timeout_hours=cfg.get("barrier_timeout_hours", 24))
+    processes.start(cpu=cfg.get("device", "auto") == "cpu", timeout_hours=cfg.barrier_timeout_hours)
     _describe_run(cfg)
     torch.manual_seed(cfg.seed)
     try:

@@ -44,7 +44,7 @@ def partial_path(path: Path) -> Path:
 
 
 def _writer_is_gone(tmp: Path, tag: str) -> bool:
-    host, _, pid = tag.partition("-")
+    host, _, pid = tag.rpartition("-")  # host names may hold hyphens (gpu-node-7)
     if host == socket.gethostname().replace(".", "_"):
         try:
             os.kill(int(pid), 0)

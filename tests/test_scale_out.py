@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -168,6 +170,10 @@ class Killed(Exception):
     """Stands for the SIGKILL, out-of-memory or SLURM time limit that stops a run between two lines."""
 
 
+def _killed(*_args, **_kwargs):
+    raise Killed
+
+
 def test_quantize_stopped_after_saving_writes_its_record_instead_of_quantizing_again(compose, monkeypatch):
     """quantize saved `transformer/` and then died while measuring it (no metrics.json, no .done): the rerun
     verifies the checkpoint, writes the missing record, does not quantize again, and only then drops `blocks/`."""
@@ -176,10 +182,7 @@ def test_quantize_stopped_after_saving_writes_its_record_instead_of_quantizing_a
     cfg = compose("experiment=smoke", "quant=gptq", "logger=none")
     calibrate.run(cfg)
 
-    def killed(*_args, **_kwargs):
-        raise Killed
-
-    monkeypatch.setattr(quantize, "_record", killed)
+    monkeypatch.setattr(quantize, "_record", _killed)
     with pytest.raises(Killed):
         quantize.run(cfg)
     out = artifact_dirs.quantize_artifact(cfg)[0]
@@ -208,7 +211,7 @@ def test_a_saved_checkpoint_that_does_not_verify_is_quantized_again(compose, mon
 
     cfg = compose("experiment=smoke", "quant=absmean", "logger=none")
     calibrate.run(cfg)
-    monkeypatch.setattr(quantize, "_record", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+    monkeypatch.setattr(quantize, "_record", _killed)
     with pytest.raises(Killed):
         quantize.run(cfg)
     monkeypatch.undo()
@@ -231,8 +234,10 @@ def _dead_pid() -> int:
     return child.pid
 
 
-def test_temp_files_are_unique_per_writer_and_only_a_dead_writers_are_swept(tmp_path):
+def test_temp_files_are_unique_per_writer_and_only_a_dead_writers_are_swept(tmp_path, monkeypatch):
     from flux158.artifacts import atomic_write_text, partial_path, remove_stale_partials
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "gpu-node-7.cluster")  # hyphens and dots, as on clusters
 
     target = tmp_path / "metrics.json"
     assert partial_path(target) != partial_path(target)  # two writers in one process differ too
@@ -285,8 +290,6 @@ def test_evaluate_refuses_a_folder_that_lost_images_after_generate(compose):
     images = generate.run(cfg)
     lost = images / "00003"
     kept = (lost / "samples" / "0002.png").read_bytes()
-    import shutil
-
     shutil.rmtree(lost)
     with pytest.raises(Flux158Error, match=r"4 of the 24 images .* are missing or not whole \(e\.g\. 00003/"):
         evaluate.run(cfg)

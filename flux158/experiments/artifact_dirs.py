@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from flux158.artifacts import artifact_lock, config_hash
+from flux158.artifacts import LOCK_SUFFIX, artifact_lock, config_hash
 from flux158.experiments.provenance import gpu_name, measured_with
 from flux158.experiments.resolve import model_spec, quant_config
 from flux158.models import ToyWorldSource
@@ -137,7 +137,7 @@ def lock(cfg: DictConfig, directory: Path, what: str, part: str = ""):
         relative = Path(directory).relative_to(root)
     except ValueError:  # not under the outputs: keyed by the absolute path
         relative = Path("elsewhere") / config_hash({"path": str(Path(directory).resolve())})
-    lock_file = root / LOCKS_DIR / relative.parent / f"{relative.name}{'.' + part if part else ''}.lock"
+    lock_file = root / LOCKS_DIR / relative.parent / f"{relative.name}{'.' + part if part else ''}{LOCK_SUFFIX}"
     return artifact_lock(lock_file, what, f"{directory}{f' ({part})' if part else ''}")
 
 

@@ -29,7 +29,7 @@ from flux158.eval.t2i_compbench.evaluator import protocol_for
 from flux158.eval.t2i_compbench.scoring import CATEGORIES, ModelSettings, Protocol
 from flux158.eval.t2i_compbench.vocabulary import read_numeracy_objects, read_unidet_labels
 from flux158.experiments import artifact_dirs, processes, provenance, resolve, tracking
-from flux158.generation.images import expected_paths, is_whole_png
+from flux158.generation.images import missing_images
 from flux158.generation.layouts import make_layout
 from flux158.toyworld.scenes import BACKGROUND, PALETTE
 
@@ -227,13 +227,12 @@ def run(cfg: DictConfig) -> Path:
 def _check_complete(cfg: DictConfig, images: Path) -> None:
     """Every prompt's every sample must be in the folder, whole, before anything is scored: a folder that lost
     images after generate finished (deleted, truncated) is refused, not scored on fewer images."""
-    samples = cfg.benchmark.samples_per_prompt
-    paths = expected_paths(make_layout(cfg.benchmark.layout, images, samples), resolve.prompts(cfg), samples)
-    missing = [p for p in paths if not is_whole_png(p)]
+    samples, items = cfg.benchmark.samples_per_prompt, resolve.prompts(cfg)
+    missing = missing_images(make_layout(cfg.benchmark.layout, images, samples), items, samples)
     if missing:
-        raise Flux158Error(f"evaluate: {len(missing)} of the {len(paths)} images in {images} are missing or not "
-                           f"whole (e.g. {missing[0].relative_to(images)}): run the generate stage again, which "
-                           "makes only those (stages=[generate,evaluate]); nothing was scored")
+        raise Flux158Error(f"evaluate: {len(missing)} of the {len(items) * samples} images in {images} are missing "
+                           f"or not whole (e.g. {missing[0].relative_to(images)}): run the generate stage again, "
+                           "which makes only those (stages=[generate,evaluate]); nothing was scored")
 
 
 def _evaluate(cfg: DictConfig, images: Path, out: Path, determining: dict) -> Path:

@@ -15,7 +15,7 @@ from flux158.artifacts import atomic_write_text, mark_done
 from flux158.errors import Flux158Error, LayoutError
 from flux158.experiments import artifact_dirs, pipeline, processes, resolve, tracking
 from flux158.generation.graphs import GraphStats, cuda_graphed
-from flux158.generation.images import expected_paths, generate_images, is_whole_png
+from flux158.generation.images import generate_images, missing_images
 from flux158.generation.layouts import make_layout
 from flux158.sharding import shard
 
@@ -37,11 +37,11 @@ def run(cfg: DictConfig) -> Path:
     index, count = resolve.global_shard(cfg, process_index, num_processes)
     mine = shard(items, index, count)
     layout = make_layout(bench.layout, out, bench.samples_per_prompt)
-    wanted = expected_paths(layout, mine, bench.samples_per_prompt)
     log.info("generate: %s on %s, %d/%d prompts x %d samples (shard %d of %d) -> %s", cfg.model.name, device,
              len(mine), len(items), bench.samples_per_prompt, index, count, out)
-    if all(is_whole_png(p) for p in wanted):
-        log.info("generate: all %d images of this shard exist and are whole; nothing to do", len(wanted))
+    if not missing_images(layout, mine, bench.samples_per_prompt):
+        log.info("generate: all %d images of this shard exist and are whole; nothing to do",
+                 len(mine) * bench.samples_per_prompt)
     else:
         _generate_share(cfg, out, determining, mine, layout, (index, count), device)
     processes.wait_for_everyone()  # every rank's images are on disk before the folder is checked
@@ -131,11 +131,11 @@ def _sample_rows(layout, items, samples_per_prompt: int, limit: int) -> list[lis
 
 def _mark_if_complete(out: Path, layout, items, samples_per_prompt: int) -> None:
     """Write `.done` once every shard's images are on disk and whole (whichever shard finishes last does it)."""
-    paths = expected_paths(layout, items, samples_per_prompt)
-    missing = sum(not is_whole_png(p) for p in paths)
+    total = len(items) * samples_per_prompt
+    missing = len(missing_images(layout, items, samples_per_prompt))
     if not missing:
-        mark_done(out, {"images": len(paths), "prompts": len(items)})
-        log.info("generate: complete, %d images in %s", len(paths), out)
+        mark_done(out, {"images": total, "prompts": len(items)})
+        log.info("generate: complete, %d images in %s", total, out)
     else:
         log.info("generate: %d of %d images are still missing in %s (other shards); the shard that completes the "
-                 "folder marks it done", missing, len(paths), out)
+                 "folder marks it done", missing, total, out)

@@ -13,14 +13,12 @@ main process's evaluation), not torch's 30-minute default.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
 
 import torch
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 DEFAULT_TIMEOUT_HOURS = 24.0
 

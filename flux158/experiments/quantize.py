@@ -14,8 +14,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -80,34 +79,17 @@ def run(cfg: DictConfig) -> Path | None:
         raise ShardsPending(f"quantize: the calibration in {calibration} is not complete yet (other jobs of "
                             f"shard.count={cfg.shard.count} are still capturing); the shard job that completes it "
                             "quantizes. Launch the same command again once this array has finished, to generate")
-    if config.method == "distill" and processes.num_processes() > 1:
-        with _lock_on_main_process(cfg, out):
-            step = processes.main_decides(lambda: _next_step(out))
-            if step == "quantize":
+    data_parallel = config.method == "distill" and processes.num_processes() > 1
+    with artifact_dirs.lock(cfg, out, "quantize") if processes.is_main_process() else nullcontext():
+        step = processes.main_decides(lambda: _next_step(out))
+        if step == "quantize" and (data_parallel or processes.is_main_process()):
+            if data_parallel:
                 log.info("quantize: distill data-parallel over %d processes", processes.num_processes())
-                _quantize(cfg, config, out)
-            elif step == "record" and processes.is_main_process():
-                _record_saved(cfg, config, out)
-        processes.wait_for_everyone()
-        return out
-    if processes.is_main_process():
-        with artifact_dirs.lock(cfg, out, "quantize"):
-            step = _next_step(out)
-            if step == "quantize":
-                _quantize(cfg, config, out)
-            elif step == "record":
-                _record_saved(cfg, config, out)
+            _quantize(cfg, config, out)
+        elif step == "record" and processes.is_main_process():
+            _record_saved(cfg, config, out)
     processes.wait_for_everyone()  # the other ranks then find the checkpoint done
     return out
-
-
-@contextmanager
-def _lock_on_main_process(cfg: DictConfig, out: Path) -> Iterator[None]:
-    if processes.is_main_process():
-        with artifact_dirs.lock(cfg, out, "quantize"):
-            yield
-    else:
-        yield
 
 
 def _next_step(out: Path) -> str:

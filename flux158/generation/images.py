@@ -68,6 +68,11 @@ def expected_paths(layout: ImageLayout, items: Sequence[PromptItem], samples_per
     return [layout.image_path(item, k) for item in items for k in range(samples_per_prompt)]
 
 
+def missing_images(layout: ImageLayout, items: Sequence[PromptItem], samples_per_prompt: int) -> list[Path]:
+    """The expected images of `items` that are absent or not whole PNGs."""
+    return [p for p in expected_paths(layout, items, samples_per_prompt) if not is_whole_png(p)]
+
+
 def is_whole_png(path: Path) -> bool:
     """Whether `path` starts like a PNG and ends with its IEND chunk (reads 16 bytes; no decoding)."""
     try:
