@@ -1,7 +1,8 @@
-"""Shared fixtures: offline by default, prompt files from the local benchmark mirror, Hydra composition."""
+"""Shared fixtures: offline by default, the benchmark prompt files (see `find_prompt_files`), Hydra composition."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -11,8 +12,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# The provenance-checked copies of the benchmark files (see ../shared/benchmarks/SOURCES.md); never committed here.
-MIRROR = Path(os.environ.get("FLUX158_PROMPT_MIRROR", REPO.parent / "shared" / "benchmarks"))
+# The provenance-checked copies of the benchmark files beside this repository (../shared/benchmarks/SOURCES.md).
+SHARED_MIRROR = REPO.parent / "shared" / "benchmarks"
+# Whether the user allows the network: read before the tests' own default (offline) is set below.
+NETWORK_ALLOWED = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -22,11 +25,91 @@ if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidiactl").exi
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def _user_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flux158" / "benchmarks"
+
+
+@functools.cache
+def find_prompt_files() -> tuple[Path | None, str]:
+    """A directory holding every pinned benchmark file (found by content, any names), or None and why not.
+
+    In order: `FLUX158_PROMPT_MIRROR`; `../shared/benchmarks`; the pinned URLs, downloaded into the user's cache
+    (`$XDG_CACHE_HOME/flux158/benchmarks`) unless `HF_HUB_OFFLINE=1`. The first failed download ends the search.
+    """
+    from flux158.data.pinned import fetch
+    from flux158.data.sources import all_pinned_files
+    from flux158.errors import PromptDataError
+
+    if variable := os.environ.get("FLUX158_PROMPT_MIRROR"):
+        if not Path(variable).is_dir():
+            pytest.exit(f"FLUX158_PROMPT_MIRROR={variable} is not a directory", returncode=2)
+        return Path(variable), ""
+    if (SHARED_MIRROR / "SOURCES.md").exists():
+        return SHARED_MIRROR, ""
+    absent = f"no prompt files: FLUX158_PROMPT_MIRROR is unset and {SHARED_MIRROR} does not exist"
+    if not NETWORK_ALLOWED:
+        return None, f"{absent}, and HF_HUB_OFFLINE=1 forbids downloading them"
+    cache = _user_cache()
+    try:
+        for pinned in all_pinned_files():
+            fetch(pinned, cache, offline=False, timeout_s=20)
+    except PromptDataError as e:
+        return None, f"{absent}, and downloading them failed: {str(e).splitlines()[0]}"
+    return cache, ""
+
+
 @pytest.fixture(scope="session")
-def mirror() -> Path:
-    if not (MIRROR / "SOURCES.md").exists():
-        pytest.fail(f"benchmark mirror not found at {MIRROR}; set FLUX158_PROMPT_MIRROR to shared/benchmarks")
-    return MIRROR
+def prompt_files() -> tuple[Path | None, str]:
+    return find_prompt_files()
+
+
+@pytest.fixture(scope="session")
+def mirror(prompt_files) -> Path:
+    """The directory of benchmark prompt files; tests that need it are skipped, with the reason, when there is none."""
+    directory, why_not = prompt_files
+    if directory is None:
+        pytest.skip(why_not)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def pinned_text(mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
+    """The text of a pinned benchmark file, found in the mirror by its sha256 (whatever its name there)."""
+    from flux158.data.pinned import fetch
+
+    cache = tmp_path_factory.mktemp("pinned")
+    return lambda pinned: fetch(pinned, cache, [mirror], offline=True).read_text()
+
+
+@pytest.fixture(scope="session")
+def shared_reference() -> Callable[[str], Path]:
+    """A reference file that exists only in ../shared/benchmarks (made independently of this code, not pinned
+    upstream); tests that compare with one are skipped when it is absent."""
+
+    def _get(relative: str) -> Path:
+        for root in (os.environ.get("FLUX158_PROMPT_MIRROR"), SHARED_MIRROR):
+            if root and (Path(root) / relative).is_file():
+                return Path(root) / relative
+        pytest.skip(f"reference file {relative} is only in shared/benchmarks, which is not here")
+
+    return _get
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Offline with no prompt files, a test that stopped for want of one is skipped (the files' absence is the
+    machine's, not the code's); with prompt files present the same error stays a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if call.excinfo is None or report.outcome != "failed":
+        return
+    from flux158.errors import PromptDataError
+
+    directory, why_not = find_prompt_files()
+    if directory is None and call.excinfo.errisinstance(PromptDataError):
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {why_not}")
+
 
 
 @pytest.fixture(scope="session")
@@ -36,15 +119,15 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def compose(tmp_path: Path, mirror: Path, model_cache: Path) -> Callable[..., object]:
-    """Compose the project config with test paths (tmp outputs, mirror prompts, shared model cache)."""
+def compose(tmp_path: Path, prompt_files, model_cache: Path) -> Callable[..., object]:
+    """Compose the project config with test paths (tmp outputs, the prompt files if any, shared model cache)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     def _compose(*overrides: str, output_dir: Path | None = None):
         base = [
             f"paths.output_dir={output_dir or tmp_path / 'outputs'}",
-            f"paths.prompt_mirror={mirror}",
+            f"paths.prompt_mirror={prompt_files[0] or 'null'}",
             f"paths.data_dir={tmp_path / 'data'}",
             f"paths.cache_dir={model_cache}",
         ]

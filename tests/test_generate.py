@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from flux158.data import sources
 from flux158.errors import LayoutError
 from flux158.experiments import artifact_dirs, generate
 
@@ -16,10 +17,10 @@ def _files(root: Path) -> dict[str, bytes]:
             if p.is_file() and p.name not in (".done", "config.yaml")}
 
 
-def test_geneval_layout_matches_official(compose, mirror, tmp_path):
+def test_geneval_layout_matches_official(compose, pinned_text, tmp_path):
     cfg = compose("experiment=geneval", *TINY_MODEL, "benchmark.limit_per_group=3", "benchmark.samples_per_prompt=2")
     out = generate.run(cfg)
-    lines = (mirror / "geneval" / "evaluation_metadata.jsonl").read_text().splitlines()
+    lines = pinned_text(sources.GENEVAL_METADATA).splitlines()
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["00000", "00001", "00002"]
     for i in range(3):
         folder = out / f"{i:05d}"
@@ -29,14 +30,13 @@ def test_geneval_layout_matches_official(compose, mirror, tmp_path):
     assert out.parent.name == "geneval" and out.name.startswith("tiny-bf16-")
 
 
-def test_t2i_compbench_layout(compose, mirror):
+def test_t2i_compbench_layout(compose, pinned_text):
     cfg = compose("experiment=t2i_compbench", *TINY_MODEL, "benchmark.limit_per_group=2",
                   "benchmark.samples_per_prompt=3",
                   "benchmark.categories=[color,numeracy]", "batch_size=2")
     out = generate.run(cfg)
     for cat in ("color", "numeracy"):
-        name = "color_val.at-33d6305-2024-11-23.txt" if cat == "color" else f"{cat}_val.txt"
-        prompts = (mirror / "t2i_compbench" / "dataset" / name).read_text().splitlines()[:2]
+        prompts = pinned_text(sources.t2i_compbench_file(cat, "val")).splitlines()[:2]
         expected = sorted(f"{prompts[i].strip()}_{3 * i + k:06d}.png" for i in range(2) for k in range(3))
         assert sorted(p.name for p in (out / cat / "samples").iterdir()) == expected
         assert all(p.name.count("_") == 1 for p in (out / cat / "samples").iterdir())

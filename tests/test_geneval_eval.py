@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from flux158.data.sources import GENEVAL_OBJECT_NAMES
 from flux158.eval.geneval.__main__ import main as geneval_cli
 from flux158.eval.geneval.classes import OBJECT_NAMES
 from flux158.eval.geneval.colors import COLORS, ColorClassifier, masked_crop
@@ -35,8 +36,8 @@ def _folder(root: Path, records: list[dict], samples: int, size: int = 32) -> Pa
     return root
 
 
-def test_object_names_are_genevals_file(mirror):
-    assert list(OBJECT_NAMES) == (mirror / "geneval" / "object_names.txt").read_text().splitlines()
+def test_object_names_are_genevals_file(pinned_text):
+    assert list(OBJECT_NAMES) == pinned_text(GENEVAL_OBJECT_NAMES).splitlines()
 
 
 def test_incomplete_folder_names_what_is_missing(tmp_path):

@@ -28,16 +28,17 @@ def test_geneval_tags_and_metadata(mirror, tmp_path):
     assert items[0].prompt == items[0].metadata["prompt"]
 
 
-def test_calibration_order_matches_reference_list(mirror, tmp_path):
+def test_calibration_order_matches_reference_list(mirror, shared_reference, tmp_path):
+    reference = shared_reference("calibration_prompts_7232.jsonl")
     items = load_prompt_set("calibration", tmp_path, [mirror], offline=True)
-    ref = [json.loads(line) for line in (mirror / "calibration_prompts_7232.jsonl").read_text().splitlines()]
+    ref = [json.loads(line) for line in reference.read_text().splitlines()]
     assert [(i.prompt, i.index) for i in items] == [(r["prompt"], r["index"]) for r in ref]
     assert items[1632].group == "t2i_compbench_train/color" and items[-1].group == "t2i_compbench_train/complex"
 
 
-def test_t2i_color_val_is_the_paper_era_file(mirror, tmp_path):
+def test_t2i_color_val_is_the_paper_era_file(mirror, shared_reference, tmp_path):
     items = load_prompt_set("t2i_compbench_val", tmp_path, [mirror], categories=["color"], offline=True)
-    expected = (mirror / "t2i_compbench" / "dataset" / "color_val.at-33d6305-2024-11-23.txt").read_text()
+    expected = shared_reference("t2i_compbench/dataset/color_val.at-33d6305-2024-11-23.txt").read_text()
     assert [i.prompt for i in items] == [line.strip() for line in expected.splitlines()]
     assert len({i.prompt for i in items}) == 295  # the 2025 edit removed the duplicates; the paper had them
     assert [i.index for i in items] == list(range(300))
@@ -77,8 +78,8 @@ def test_corrupt_cache_entry_is_replaced_from_mirror(mirror, tmp_path):
     cached = sources.GENEVAL_METADATA.cache_path(tmp_path)
     cached.parent.mkdir(parents=True)
     cached.write_text("truncated")
-    assert fetch(sources.GENEVAL_METADATA, tmp_path, [mirror], offline=True).read_bytes() == (
-        mirror / "geneval" / "evaluation_metadata.jsonl").read_bytes()
+    replaced = fetch(sources.GENEVAL_METADATA, tmp_path, [mirror], offline=True)
+    assert replaced == cached and hashlib.sha256(cached.read_bytes()).hexdigest() == sources.GENEVAL_METADATA.sha256
 
 
 def test_offline_miss_names_url_and_destination(tmp_path):

@@ -250,7 +250,7 @@ def test_official_scot_runs_upstreams_script_and_rescales_to_0_1(tmp_path):
     assert result.metric == "s-cot (official)"
 
 
-def test_unidet_labels_are_derived_from_the_weights_only_pickle_and_checked(tmp_path, monkeypatch, mirror):
+def test_unidet_labels_are_derived_from_the_weights_only_pickle_and_checked(tmp_path, monkeypatch, pinned_text):
     import urllib.request
 
     from flux158.data.pinned import fetch
@@ -258,7 +258,7 @@ def test_unidet_labels_are_derived_from_the_weights_only_pickle_and_checked(tmp_
     from flux158.errors import PromptDataError
     from flux158.eval.t2i_compbench.vocabulary import read_unidet_labels
 
-    labels = (mirror / "t2i_compbench" / "unidet_detection_features_labels_722.txt").read_text().splitlines()
+    labels = pinned_text(UNIDET_LABELS).splitlines()
     pickle = io.BytesIO()
     torch.save({"labels": labels, "features": torch.zeros(722, 2)}, pickle)
     served = {"bytes": pickle.getvalue()}
