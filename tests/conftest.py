@@ -46,15 +46,15 @@ def find_prompt_files() -> tuple[Path | None, str]:
         return Path(variable), ""
     if (SHARED_MIRROR / "SOURCES.md").exists():
         return SHARED_MIRROR, ""
-    absent = f"no prompt files: FLUX158_PROMPT_MIRROR is unset and {SHARED_MIRROR} does not exist"
+    absent = f"no benchmark prompt files (set FLUX158_PROMPT_MIRROR): {SHARED_MIRROR} does not exist"
     if not NETWORK_ALLOWED:
-        return None, f"{absent}, and HF_HUB_OFFLINE=1 forbids downloading them"
+        return None, f"{absent} and HF_HUB_OFFLINE=1 forbids downloading them"
     cache = _user_cache()
     try:
         for pinned in all_pinned_files():
             fetch(pinned, cache, offline=False, timeout_s=20)
     except PromptDataError as e:
-        return None, f"{absent}, and downloading them failed: {str(e).splitlines()[0]}"
+        return None, f"{absent} and downloading failed: {str(e).split('. Download it')[0]}"
     return cache, ""
 
 
