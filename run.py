@@ -22,6 +22,7 @@ from flux158.experiments import (
     provenance,
     quantize,
     rehearsal,
+    resolve,
     storage,
     tables,
     toyworld_train,
@@ -36,6 +37,8 @@ STAGES["rehearsal"] = functools.partial(rehearsal.run, stages=STAGES)  # runs th
 # Under accelerate/torchrun every rank runs these (each takes its share, or joins the data-parallel work, or waits
 # while the main process works; they meet at barriers inside). The other stages run on the main process alone.
 EVERY_RANK = {"calibrate", "quantize", "encode", "generate"}
+# Stages that load the model's weights or find artifacts made from them: a hub revision is resolved to a commit first.
+USE_WEIGHTS = EVERY_RANK | {"evaluate", "latency"}
 
 
 def _describe_run(cfg: DictConfig) -> None:
@@ -75,6 +78,8 @@ def main(cfg: DictConfig) -> None:
     _describe_run(cfg)
     torch.manual_seed(cfg.seed)
     try:
+        if USE_WEIGHTS.intersection(cfg.stages):
+            resolve.pin_model_revision(cfg)
         _run_stages(cfg)
     except ShardsPending as e:  # not a failure: another job of the array goes on from here
         log.info("%s; this job's work is done", e)

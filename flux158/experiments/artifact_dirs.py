@@ -16,9 +16,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from flux158.artifacts import LOCK_SUFFIX, artifact_lock, config_hash
-from flux158.experiments.provenance import gpu_name, measured_with
+from flux158.eval.toyworld.detector import MIN_AREA
+from flux158.experiments import processes
+from flux158.experiments.provenance import checkout_commit, gpu_name, measured_with
 from flux158.experiments.resolve import model_spec, quant_config
-from flux158.models import ToyWorldSource
+from flux158.models import HubFluxSpec, ToyWorldSource
+from flux158.models.identity import directory_fingerprint
+from flux158.quant.checkpoint import checkpoint_fingerprint
 
 # The teacher states: shared by every quantization method on the same model and sampler.
 CALIBRATION_KEYS = ["model", "sampler", "calib.name", "calib.prompt_set", "calib.prompts", "calib.num_prompts",
@@ -33,7 +37,8 @@ EVALUATE_KEYS = [*GENERATE_KEYS, "benchmark.evaluator", "benchmark.threshold", "
                  "benchmark.bvqa_image_size", "benchmark.metrics", "benchmark.judge", "benchmark.judge_model",
                  "benchmark.detector_model", "fidelity"]
 # Settings added after artifacts existed: hashed only when the config has them, so older directories keep their names.
-LATER_EVALUATE_KEYS = ["benchmark.numeracy_parser", "benchmark.min_area"]
+# (`benchmark.min_area` is not one: its null means today's detector, so it is keyed by the value in effect.)
+LATER_EVALUATE_KEYS = ["benchmark.numeracy_parser"]
 # Prompt embeddings: the text encoders (the model's, in its dtype) and the token budget. The files inside are keyed by
 # prompt text, so every benchmark, calibration set and quantization variant of one model shares one folder.
 EMBEDDINGS_KEYS = ["model", "sampler.max_sequence_length"]
@@ -52,13 +57,44 @@ def _plain(value):
 
 
 def keyed_dir(cfg: DictConfig, parts: list[str], label: str, keys: list[str], **extra) -> tuple[Path, dict]:
-    """`<output_dir>/<parts...>/<label>-<hash8>` and the values it hashes: those of `keys`, `extra`, and the
-    toy-world model's weights (retrained weights under the same config get a new directory)."""
-    determining = {k: _plain(OmegaConf.select(cfg, k)) for k in keys} | extra
-    spec = model_spec(cfg) if "model" in keys else None
-    if isinstance(spec, ToyWorldSource):
-        determining["model_weights_sha256"] = spec.fingerprint()
+    """`<output_dir>/<parts...>/<label>-<hash8>` and the values it hashes: those of `keys` and `extra`, with what
+    lies at a path keyed by content (`content_keys`)."""
+    determining = content_keys(cfg, {k: _plain(OmegaConf.select(cfg, k)) for k in keys} | extra)
     return Path(cfg.paths.output_dir).joinpath(*parts) / f"{label}-{config_hash(determining)}", determining
+
+
+def content_keys(cfg: DictConfig, determining: dict) -> dict:
+    """`determining` with each input that is a path keyed by what it holds: the toy-world model's weights, a local
+    model directory's files and a quantized checkpoint's recorded hashes replace their paths (a copy moved elsewhere
+    keeps its artifacts, one replaced in place gets new ones); an evaluator checkout adds its git commit. A hub model
+    is keyed by its revision, which `run.py` resolves to a commit first (`resolve.pin_model_revision`)."""
+    determining = dict(determining)
+    model = determining.get("model")
+    if model is not None:
+        spec = model_spec(cfg)
+        if isinstance(spec, ToyWorldSource):
+            determining["model_weights_sha256"] = spec.fingerprint()
+        elif isinstance(spec, HubFluxSpec) and spec.is_local:
+            model = {**model, "pretrained": "<local directory>"}
+            model["spec"] = {**model.get("spec", {}), "pretrained": "<local directory>"}
+            determining["model"] = model
+            determining["model_files_sha256"] = directory_fingerprint(Path(spec.pretrained), Path(cfg.paths.cache_dir))
+    quant = determining.get("quant")
+    if quant is not None and quant.get("checkpoint"):
+        determining["quant"] = {**quant, "checkpoint": "<checkpoint>"}
+        determining["checkpoint_sha256"] = checkpoint_fingerprint(Path(quant["checkpoint"]))
+    if determining.get("benchmark.official_checkout"):
+        determining["official_checkout_commit"] = checkout_commit(Path(determining.pop("benchmark.official_checkout")))
+    return determining
+
+
+def distill_processes(cfg: DictConfig) -> dict:
+    """`{"distill_processes": n}` when `distill` runs data-parallel over n > 1 processes: each rank draws its own
+    rows, so n changes the weights (one process: empty, so earlier directories keep their names)."""
+    config = quant_config(cfg)
+    if config is None or config.method != "distill" or cfg.quant.get("checkpoint") or processes.num_processes() == 1:
+        return {}
+    return {"distill_processes": processes.num_processes()}
 
 
 def embeddings_artifact(cfg: DictConfig) -> tuple[Path, dict]:
@@ -78,7 +114,7 @@ def quantize_artifact(cfg: DictConfig) -> tuple[Path, dict]:
     with open_dict(weights_only):
         for key in ACTIVATION_KEYS:
             weights_only.quant.config.pop(key, None)
-    return keyed_dir(weights_only, ["quantize"], f"{cfg.model.name}-{cfg.quant.name}", keys)
+    return keyed_dir(weights_only, ["quantize"], f"{cfg.model.name}-{cfg.quant.name}", keys, **distill_processes(cfg))
 
 
 def benchmark_artifact(cfg: DictConfig, stage: str, keys: list[str]) -> tuple[Path, dict]:
@@ -88,12 +124,17 @@ def benchmark_artifact(cfg: DictConfig, stage: str, keys: list[str]) -> tuple[Pa
     weights depend on them). Speed and memory switches that can move images by rounding are keyed only when on.
     """
     config = quant_config(cfg) if "quant" in keys else None
+    extra = {}
     if config is not None and config.needs_calibration and not cfg.quant.get("checkpoint"):
         keys = [*keys, *CALIBRATION_KEYS[1:]]
+        extra = distill_processes(cfg)
     for speedup in ("batched_modulation", "compile", "cuda_graph", "low_memory"):
         if cfg.get(speedup) and "sampler" in keys:
             keys = [*keys, speedup]
-    return keyed_dir(cfg, [stage, cfg.benchmark.name], f"{cfg.model.name}-{cfg.quant.name}", keys)
+    if stage == "evaluate" and cfg.benchmark.get("evaluator") == "toyworld":
+        min_area = cfg.benchmark.get("min_area")
+        extra["benchmark.min_area"] = MIN_AREA if min_area is None else min_area
+    return keyed_dir(cfg, [stage, cfg.benchmark.name], f"{cfg.model.name}-{cfg.quant.name}", keys, **extra)
 
 
 def generate_artifact(cfg: DictConfig) -> tuple[Path, dict]:

@@ -235,6 +235,15 @@ def _check_complete(cfg: DictConfig, images: Path) -> None:
                            "which makes only those (stages=[generate,evaluate]); nothing was scored")
 
 
+def _made_from(cfg: DictConfig, determining: dict) -> dict:
+    """What the images and scores were made from, by content: the hub commit or local files of the model, the
+    quantized checkpoint, the evaluator checkout (as keyed by `artifact_dirs.content_keys`)."""
+    made_from = {key: determining[key] for key in ("model_files_sha256", "model_weights_sha256", "checkpoint_sha256",
+                                                  "official_checkout_commit") if key in determining}
+    revision = OmegaConf.select(cfg, "model.spec.revision")
+    return made_from | ({"model_revision": revision} if revision else {})
+
+
 def _evaluate(cfg: DictConfig, images: Path, out: Path, determining: dict) -> Path:
     _check_complete(cfg, images)
     start = time.perf_counter()
@@ -247,7 +256,7 @@ def _evaluate(cfg: DictConfig, images: Path, out: Path, determining: dict) -> Pa
     metrics = {
         "model": cfg.model.name, "quant": cfg.quant.name, "benchmark": cfg.benchmark.name,
         **provenance.random_weights(cfg), "config_hash": out.name.rsplit("-", 1)[-1], "images_dir": str(images),
-        **_quantized_with(cfg), **provenance.environment(), **record,
+        **_quantized_with(cfg), **_made_from(cfg, determining), **provenance.environment(), **record,
     }
     for key, value in (("intervals", intervals), ("retention_vs_bf16", retention),
                        ("fidelity_to_bf16", fidelity)):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from flux158.errors import ConfigError
 from flux158.kernels.backend_table import TABLE_ENV
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,6 +26,26 @@ def git_commit() -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def checkout_commit(checkout: Path) -> str:
+    """The commit a git checkout (an upstream evaluator's clone) is at, with `-dirty-<sha256 of its diff>` when its
+    tracked files were changed.
+
+    Raises:
+        ConfigError: `checkout` is not a git checkout.
+    """
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, check=True,
+                              timeout=60).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        diff = git("diff", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        raise ConfigError(f"{checkout} is not a git checkout, so the evaluator code it holds cannot be identified; "
+                          "clone the upstream repository and check out the commit you mean") from None
+    return commit + (f"-dirty-{hashlib.sha256(diff.encode()).hexdigest()[:16]}" if diff else "")
 
 
 def gpu_name() -> str:

@@ -11,7 +11,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from flux158.data.prompts import PromptItem, geneval_prompts_from_records, load_prompt_set, take_per_group
 from flux158.errors import ConfigError
-from flux158.models import ModelSpec
+from flux158.experiments import processes
+from flux158.models import HubFluxSpec, ModelSpec
+from flux158.models.identity import is_commit, resolve_commit
 from flux158.quant import TernaryConfig
 from flux158.sharding import combine_shards
 from flux158.toyworld.scenes import heldout_prompts, sample_prompt
@@ -58,6 +60,20 @@ def shard_label(index: int, count: int) -> str:
 
 def model_spec(cfg: DictConfig) -> ModelSpec:
     return instantiate(cfg.model.spec, _convert_="all")
+
+
+def pin_model_revision(cfg: DictConfig) -> None:
+    """Resolve a hub model's branch or tag (null: `main`) to the commit it names now and write that commit into
+    `cfg.model.spec.revision`, once per run on the main process: every stage and rank loads, keys and records that
+    commit, and a hub update between runs makes new artifacts instead of passing for the old ones."""
+    spec = model_spec(cfg)
+    if not isinstance(spec, HubFluxSpec) or spec.is_local or is_commit(spec.revision):
+        return
+    commit = processes.main_decides(lambda: resolve_commit(spec))
+    with open_dict(cfg):
+        cfg.model.spec.revision = commit
+    log.info("model: %s at %s resolves to commit %s; this run loads and keys that commit (pin it with "
+             "model.spec.revision=%s)", spec.pretrained, spec.revision or "main", commit, commit)
 
 
 def quant_config(cfg: DictConfig) -> TernaryConfig | None:

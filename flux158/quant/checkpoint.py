@@ -14,6 +14,7 @@ block weights are ever materialised. The result drops into `FluxPipeline.from_pr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -135,6 +136,21 @@ def load_quantized(directory: Path, device: str | torch.device = "cpu") -> FluxT
              time.perf_counter() - started)
     model.load_state_dict(state, assign=True)
     return model.eval()
+
+
+def checkpoint_fingerprint(directory: Path) -> str:
+    """sha256 of the checkpoint's `quantization.json`, which records its weights files' sha256s (loading checks
+    them): a content key for everything made with it.
+
+    Raises:
+        QuantizedCheckpointError: no readable `quantization.json` in `directory`.
+    """
+    try:
+        return hashlib.sha256((Path(directory) / QUANT_FILE).read_bytes()).hexdigest()
+    except OSError as e:
+        raise QuantizedCheckpointError(
+            f"quant.checkpoint={directory} is not a quantized checkpoint (no readable {QUANT_FILE}: "
+            f"{e.strerror or e})") from None
 
 
 def verify_quantized(directory: Path) -> None:
