@@ -53,6 +53,9 @@ def test_default_run_is_the_scored_toy_world(tmp_path):
     low, high = metrics["intervals"]["overall"]
     assert low <= metrics["metrics"]["overall"] <= high and high - low <= 0.04  # measured [0.363, 0.397]
     assert "evaluate: overall" in proc.stdout + proc.stderr  # the run ends with the score and its interval
+    assert metrics["paper_protocol"] is False and metrics["protocol_deviations"] == [
+        "benchmark=toyworld (the paper reports geneval and t2i_compbench)"]
+    assert len(metrics["pairing_key"]) == 8 and len(metrics["model_weights_sha256"]) == 16
     jobs = set()
     for run_file in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb"):
         records = settled_records(run_file, {"run", "summary"})

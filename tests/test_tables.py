@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flux158.report.records import collect, results_from_json
@@ -16,6 +17,7 @@ from flux158.report.tables import (
     latency_table,
     load_paper_numbers,
     methods_table,
+    off_protocol_table,
     tags_table,
     to_markdown,
     write_table,
@@ -28,8 +30,9 @@ PAPER = {"t2i_compbench": {"columns": ["average", "color"], "labels": ["Avg.", "
 
 
 def _evaluate(model, quant, benchmark, metrics, config_hash="aaaa1111", **extra):
+    """A paper-protocol evaluation unless `extra` says otherwise."""
     return {"model": model, "quant": quant, "benchmark": benchmark, "config_hash": config_hash, "gpu": "NVIDIA H100",
-            "metrics": metrics, **extra}
+            "metrics": metrics, "paper_protocol": True, "protocol_deviations": [], "num_images": 24000, **extra}
 
 
 def _latency(gpu, rows, smoke=False):
@@ -71,25 +74,43 @@ def test_table_1_puts_our_rows_and_their_differences_beside_the_paper(tmp_path):
     table = benchmark_table(results, "t2i_compbench", PAPER)
     # 0.6 - 0.5876 = +0.0124, 0.75 - 0.7529 = -0.0029; 0.74 - 0.7390 = +0.0010
     assert to_markdown(table) == (
-        "| source             | model         | quant   | Avg.    | Color   |\n"
-        "|:-------------------|:--------------|:--------|:--------|:--------|\n"
-        "| paper              | FLUX          |         | 0.5876  | 0.7529  |\n"
-        "| paper              | 1.58-bit FLUX |         | 0.5812  | 0.7390  |\n"
-        "| ours               | flux_dev      | bf16    | 0.6000  | 0.7500  |\n"
-        "| Δ vs FLUX          | flux_dev      | bf16    | +0.0124 | -0.0029 |\n"
-        "| ours               | flux_dev      | distill | —       | 0.7400  |\n"
-        "| Δ vs 1.58-bit FLUX | flux_dev      | distill | —       | +0.0010 |\n")
+        "| source             | model         | quant   | images   | Avg.    | Color   |\n"
+        "|:-------------------|:--------------|:--------|:---------|:--------|:--------|\n"
+        "| paper              | FLUX          |         | —        | 0.5876  | 0.7529  |\n"
+        "| paper              | 1.58-bit FLUX |         | —        | 0.5812  | 0.7390  |\n"
+        "| ours               | flux_dev      | bf16    | 24000    | 0.6000  | 0.7500  |\n"
+        "| Δ vs FLUX          | flux_dev      | bf16    | —        | +0.0124 | -0.0029 |\n"
+        "| ours               | flux_dev      | distill | 24000    | —       | 0.7400  |\n"
+        "| Δ vs 1.58-bit FLUX | flux_dev      | distill | —        | —       | +0.0010 |\n")
     paths = write_table(table, tmp_path / "tables", "table1", "Table 1")
     assert paths["csv"].read_text() == (
-        "source,model,quant,Avg.,Color\n"
-        "paper,FLUX,,0.5876,0.7529\n"
-        "paper,1.58-bit FLUX,,0.5812,0.739\n"
-        "ours,flux_dev,bf16,0.6,0.75\n"
-        "Δ vs FLUX,flux_dev,bf16,0.0124,-0.0029\n"
-        "ours,flux_dev,distill,,0.74\n"
-        "Δ vs 1.58-bit FLUX,flux_dev,distill,,0.001\n")
+        "source,model,quant,images,Avg.,Color\n"
+        "paper,FLUX,,,0.5876,0.7529\n"
+        "paper,1.58-bit FLUX,,,0.5812,0.739\n"
+        "ours,flux_dev,bf16,24000,0.6,0.75\n"
+        "Δ vs FLUX,flux_dev,bf16,,0.0124,-0.0029\n"
+        "ours,flux_dev,distill,24000,,0.74\n"
+        "Δ vs 1.58-bit FLUX,flux_dev,distill,,,0.001\n")
     tex = paths["tex"].read_text()
-    assert r"$\Delta$ vs FLUX & flux\_dev & bf16 & +0.0124 & -0.0029 \\" in tex and r"\caption{Table 1}" in tex
+    assert r"$\Delta$ vs FLUX & flux\_dev & bf16 & -- & +0.0124 & -0.0029 \\" in tex and r"\caption{Table 1}" in tex
+
+
+def test_only_paper_protocol_runs_stand_beside_the_paper(tmp_path):
+    small = ["benchmark.limit_per_group=1 (paper: None)", "model.name='tiny' (paper: 'flux-dev')"]
+    results = results_from_json([
+        (_evaluate("flux_dev", "bf16", "t2i_compbench", {"average": 0.6, "color": 0.75}), "a"),
+        (_evaluate("tiny", "bf16", "t2i_compbench", {"average": 0.1, "color": 0.2}, paper_protocol=False,
+                   protocol_deviations=small, num_images=80), "b"),
+        ({k: v for k, v in _evaluate("flux_dev", "twn", "t2i_compbench", {"average": 0.3, "color": 0.4}).items()
+          if k not in ("paper_protocol", "protocol_deviations")}, "c"),  # written before the protocol check
+    ])
+    table = benchmark_table(results, "t2i_compbench", PAPER)
+    assert table["model"].tolist() == ["FLUX", "1.58-bit FLUX", "flux_dev", "flux_dev"]
+    assert table["quant"].tolist()[2:] == ["bf16", "bf16"]  # ours and its difference; neither other run
+    other = off_protocol_table(results, "t2i_compbench", PAPER)
+    assert other.astype(object).where(other.notna(), None).values.tolist() == [
+        ["flux_dev", "twn", 24000, 0.3, 0.4, "not recorded (evaluated before protocol checks: run evaluate again)"],
+        ["tiny", "bf16", 80, 0.1, 0.2, "; ".join(small)]]
 
 
 def test_the_paper_data_file_is_self_consistent():
@@ -226,7 +247,8 @@ def test_experiment_paper_tables_from_disk_and_from_wandb(compose, tmp_path, mon
         assert {f"{stem}.md", f"{stem}.tex", f"{stem}.csv"} <= set(names)
     assert "fig2_efficiency.png" in names and "index.md" in names
     (delta,) = [line for line in (out / "index.md").read_text().splitlines() if line.startswith("| Δ vs FLUX")]
-    assert delta.split("|")[4:6] == [" +0.0124 ", " -0.0029 "]  # Avg. and Color of the full Table 1
+    assert delta.split("|")[5:7] == [" +0.0124 ", " -0.0029 "]  # Avg. and Color of the full Table 1
+    assert (out / "table1_t2i_compbench_other_runs.md").exists()
     assert tables.run(cfg) == out  # a rerun does not read its own outputs as results
 
     class Artifact:
@@ -253,3 +275,29 @@ def test_experiment_paper_tables_from_disk_and_from_wandb(compose, tmp_path, mon
                                    "tables.wandb_path=me/flux158", f"tables.out_dir={tmp_path / 'from-wandb'}"))
     assert "+0.0124" in (wandb_out / "table1_t2i_compbench.md").read_text()
     assert "(no results yet)" in (wandb_out / "table3_latency.md").read_text()
+
+
+def test_grids_pair_only_images_made_with_the_same_benchmark_sampler_and_seeds(compose, tmp_path):
+    """A BF16 run at 4 steps and one at 50 share model and benchmark but not their images: the quantized run made
+    at 50 steps is put beside the 50-step BF16 images only."""
+    from PIL import Image
+
+    from flux158.experiments import tables
+
+    out_dir = tmp_path / "outputs"
+    shades = {"bf16-4steps": 10, "bf16-50steps": 120, "twn-50steps": 200}
+    for name, shade in shades.items():
+        images = tmp_path / "images" / name
+        images.mkdir(parents=True)
+        Image.new("RGB", (16, 16), (shade,) * 3).save(images / "0.png")
+        quant, steps = name.split("-")
+        folder = out_dir / "evaluate" / "geneval" / name
+        _write(out_dir, f"evaluate/geneval/{name}", _evaluate(
+            "flux_dev", quant, "geneval", {"overall": 0.5}, config_hash=name, images_dir=str(images),
+            pairing_key=steps))
+        (folder / "results.jsonl").write_text(json.dumps({"prompt": "a cat", "filename": "0.png"}) + "\n")
+    out = tables.run(compose("experiment=paper_tables", "logger=none", "tables.grid_prompts=1"))
+    (grid,) = sorted((out / "grids").iterdir())
+    assert grid.name == "flux_dev-geneval-50steps.png"
+    shades_in_grid = {int(v) for v in np.unique(np.array(Image.open(grid))[..., 0])}
+    assert {120, 200} <= shades_in_grid and 10 not in shades_in_grid

@@ -141,6 +141,12 @@ def generate_artifact(cfg: DictConfig) -> tuple[Path, dict]:
     return benchmark_artifact(cfg, "generate", GENERATE_KEYS)
 
 
+def pairing_key(cfg: DictConfig) -> str:
+    """What a variant's images share with the BF16 images they are compared with: the generate key without the
+    quantization (model, sampler, seeds, benchmark, prompts). Image grids put side by side only equal keys."""
+    return config_hash(content_keys(cfg, {k: _plain(OmegaConf.select(cfg, k)) for k in GENERATE_KEYS if k != "quant"}))
+
+
 def evaluate_artifact(cfg: DictConfig) -> tuple[Path, dict]:
     later = [k for k in LATER_EVALUATE_KEYS if OmegaConf.select(cfg, k) is not None]
     return benchmark_artifact(cfg, "evaluate", [*EVALUATE_KEYS, *later])

@@ -28,7 +28,7 @@ from flux158.eval.t2i_compbench.evaluator import build_evaluator as build_t2i_co
 from flux158.eval.t2i_compbench.evaluator import protocol_for
 from flux158.eval.t2i_compbench.scoring import CATEGORIES, ModelSettings, Protocol
 from flux158.eval.t2i_compbench.vocabulary import read_numeracy_objects, read_unidet_labels
-from flux158.experiments import artifact_dirs, processes, provenance, resolve, tracking
+from flux158.experiments import artifact_dirs, processes, protocol, provenance, resolve, tracking
 from flux158.generation.images import missing_images
 from flux158.generation.layouts import make_layout
 from flux158.toyworld.scenes import BACKGROUND, PALETTE
@@ -257,6 +257,8 @@ def _evaluate(cfg: DictConfig, images: Path, out: Path, determining: dict) -> Pa
         "model": cfg.model.name, "quant": cfg.quant.name, "benchmark": cfg.benchmark.name,
         **provenance.random_weights(cfg), "config_hash": out.name.rsplit("-", 1)[-1], "images_dir": str(images),
         **_quantized_with(cfg), **_made_from(cfg, determining), **provenance.environment(), **record,
+        "paper_protocol": not (deviations := protocol.deviations(cfg)), "protocol_deviations": deviations,
+        "pairing_key": artifact_dirs.pairing_key(cfg),
     }
     for key, value in (("intervals", intervals), ("retention_vs_bf16", retention),
                        ("fidelity_to_bf16", fidelity)):

@@ -2,7 +2,12 @@
 every `metrics.json` under the outputs directory (or from W&B with `tables.source=wandb`), beside the paper's
 numbers; plus side-by-side image grids (prompt | BF16 | each quantized variant) from the evaluated image folders.
 
-Writes `<tables.out_dir>/{table1_t2i_compbench,table2_geneval,table3_latency,fig2_efficiency,methods}.{md,tex,csv}`,
+Only paper-protocol evaluations (`metrics.json`'s `paper_protocol`) stand beside the paper's rows, with their image
+counts; the others go to `*_other_runs` tables that say how each differs. A grid shows only images made with the
+same model, prompts, sampler and seeds (`pairing_key`).
+
+Writes `<tables.out_dir>/{table1_t2i_compbench,table2_geneval,table1_t2i_compbench_other_runs,
+table2_geneval_other_runs,table3_latency,fig2_efficiency,methods,methods_by_tag}.{md,tex,csv}`,
 `fig2_efficiency.png`, `grids/*.png` and `index.md` (all tables in one page).
 """
 
@@ -27,11 +32,15 @@ from flux158.report.tables import (
     latency_table,
     load_paper_numbers,
     methods_table,
+    off_protocol_table,
     tags_table,
     write_table,
 )
 
 log = logging.getLogger(__name__)
+
+OTHER_RUNS = ("Our runs outside the paper's protocol (not comparable with the paper's {table}; each says how it "
+              "differs)")
 
 
 def _results(cfg: DictConfig, out: Path) -> list[Result]:
@@ -47,14 +56,22 @@ def _results(cfg: DictConfig, out: Path) -> list[Result]:
 
 
 def _grids(results: list[Result], out: Path, prompts_per_grid: int) -> list[Path]:
-    """One grid per (model, benchmark) with a BF16 result and at least one other: the first prompts' first image
-    from the BF16 folder, then the same file from each variant's folder."""
-    by_group: dict[tuple[str, str], list[Result]] = {}
+    """One grid per group of images made with the same model, benchmark, prompts, sampler and seeds (`pairing_key`)
+    with a BF16 result and at least one other: the first prompts' first image from the BF16 folder, then the same
+    file from each variant's folder. Results without a pairing key (evaluated by an older flux158) are left out."""
+    by_group: dict[tuple[str, str, str], list[Result]] = {}
+    unpaired = 0
     for r in results:
         if r.kind == "evaluate" and r.extra.get("images_dir") and Path(r.source).is_file():
-            by_group.setdefault((r.model, r.benchmark), []).append(r)
+            if not r.extra.get("pairing_key"):
+                unpaired += 1
+                continue
+            by_group.setdefault((r.model, r.benchmark, r.extra["pairing_key"]), []).append(r)
+    if unpaired:
+        log.warning("tables: %d evaluation(s) record no pairing key (evaluated before it existed); left out of the "
+                    "image grids: run their evaluate stage again to include them", unpaired)
     grids = []
-    for (model, benchmark), group in sorted(by_group.items()):
+    for (model, benchmark, key), group in sorted(by_group.items()):
         reference = next((r for r in group if r.quant == "bf16"), None)
         variants = [r for r in group if r is not reference]
         rows_file = Path(reference.source).with_name("results.jsonl") if reference else None
@@ -72,7 +89,7 @@ def _grids(results: list[Result], out: Path, prompts_per_grid: int) -> list[Path
         if not all(p.exists() for paths in columns.values() for p in paths):
             log.warning("tables: %s/%s grid skipped: some variants lack the BF16 images' files", model, benchmark)
             continue
-        grids.append(comparison_grid(list(picked), columns, out / "grids" / f"{model}-{benchmark}.png"))
+        grids.append(comparison_grid(list(picked), columns, out / "grids" / f"{model}-{benchmark}-{key}.png"))
     return grids
 
 
@@ -90,6 +107,11 @@ def run(cfg: DictConfig) -> Path:
                                  paper["t2i_compbench"]["digits"], None),
         "table2_geneval": (benchmark_table(results, "geneval", paper), paper["geneval"]["caption"],
                            paper["geneval"]["digits"], None),
+        "table1_t2i_compbench_other_runs": (off_protocol_table(results, "t2i_compbench", paper),
+                                            OTHER_RUNS.format(table="Table 1"), paper["t2i_compbench"]["digits"],
+                                            None),
+        "table2_geneval_other_runs": (off_protocol_table(results, "geneval", paper),
+                                      OTHER_RUNS.format(table="Table 2"), paper["geneval"]["digits"], None),
         "table3_latency": (latency_table(results), paper["latency"]["caption"] + " (seconds)", 2,
                            f"Paper: {paper['latency']['note']}"),
         "fig2_efficiency": (efficiency_table(results, paper), paper["efficiency"]["caption"], 2,

@@ -49,7 +49,8 @@ def result_from_json(obj: Mapping[str, Any], source: str = "") -> Result | None:
         return None
     extra = {k: obj[k] for k in ("method", "evaluator", "fidelity_to_bf16", "images_dir", "smoke", "settings",
                                  "weights", "num_images", "measured_at", "intervals", "retention_vs_bf16",
-                                 "quant_settings", "quantize_dir", "random_weights") if k in obj}
+                                 "quant_settings", "quantize_dir", "random_weights", "paper_protocol",
+                                 "protocol_deviations", "pairing_key") if k in obj}
     return Result(kind, str(obj["model"]), str(obj.get("quant", "")), obj.get("benchmark"), obj["metrics"],
                   obj.get("gpu"), obj.get("config_hash"), source, extra)
 

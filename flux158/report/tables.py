@@ -67,14 +67,25 @@ def _quant_labels(results: Sequence[Result]) -> list[str]:
     return labels
 
 
+def _protocol(results: Sequence[Result], paper_protocol: bool) -> list[Result]:
+    return [r for r in results if bool(r.extra.get("paper_protocol")) == paper_protocol]
+
+
+def _images(result: Result) -> int | None:
+    count = result.extra.get("num_images")
+    return int(count) if isinstance(count, numbers.Integral) else None
+
+
 def benchmark_table(results: Sequence[Result], benchmark: str, paper: Mapping[str, Any]) -> pd.DataFrame:
-    """Table 1 (t2i_compbench) or Table 2 (geneval): the paper's rows, then each of ours followed by its
-    difference from the paper's reference row. Columns: source, model, quant, then the paper's metric labels."""
+    """Table 1 (t2i_compbench) or Table 2 (geneval): the paper's rows, then each of our paper-protocol runs
+    (`metrics.json`'s `paper_protocol`: FLUX.1-dev's real weights, every prompt and sample, the paper's sampler,
+    the pinned evaluators) with its image count, followed by its difference from the paper's reference row. Other
+    runs are in `off_protocol_table`. Columns: source, model, quant, images, then the paper's metric labels."""
     section = paper[benchmark]
     columns, labels = section["columns"], section["labels"]
-    rows = [{"source": "paper", "model": name, "quant": "", **dict(zip(labels, map(_number, values), strict=True))}
-            for name, values in section["rows"].items()]
-    ours = _ours(results, "evaluate", benchmark)
+    rows = [{"source": "paper", "model": name, "quant": "", "images": None,
+             **dict(zip(labels, map(_number, values), strict=True))} for name, values in section["rows"].items()]
+    ours = _protocol(_ours(results, "evaluate", benchmark), paper_protocol=True)
     for result, quant in zip(ours, _quant_labels(ours), strict=True):
         mine = [_number(result.metrics.get(c)) for c in columns]
         reference = section["reference"]["bf16" if result.quant == "bf16" else "quantized"]
@@ -82,10 +93,33 @@ def benchmark_table(results: Sequence[Result], benchmark: str, paper: Mapping[st
         # rounded: the published numbers have at most 4 decimals, and CSVs should not show float noise
         delta = [round(a - b, 6) if a is not None and b is not None else None
                  for a, b in zip(mine, theirs, strict=True)]
-        rows.append({"source": "ours", "model": result.model, "quant": quant, **dict(zip(labels, mine, strict=True))})
-        rows.append({"source": f"Δ vs {reference}", "model": result.model, "quant": quant,
+        rows.append({"source": "ours", "model": result.model, "quant": quant, "images": _images(result),
+                     **dict(zip(labels, mine, strict=True))})
+        rows.append({"source": f"Δ vs {reference}", "model": result.model, "quant": quant, "images": None,
                      **dict(zip(labels, delta, strict=True))})
-    return pd.DataFrame(rows, columns=["source", "model", "quant", *labels])
+    return _counts_as_integers(pd.DataFrame(rows, columns=["source", "model", "quant", "images", *labels]))
+
+
+def _counts_as_integers(df: pd.DataFrame) -> pd.DataFrame:
+    """Image counts stay integers beside missing ones (pandas would make the column float)."""
+    df["images"] = pd.Series([None if pd.isna(v) else int(v) for v in df["images"]], index=df.index, dtype=object)
+    return df
+
+
+def off_protocol_table(results: Sequence[Result], benchmark: str, paper: Mapping[str, Any]) -> pd.DataFrame:
+    """Our runs of `benchmark` that did not follow the paper's protocol (fewer prompts, another sampler or model,
+    approximate evaluators...), never beside the paper's numbers: their scores, image counts and how each run
+    differs (`protocol_deviations`; results written before the check say so)."""
+    section = paper[benchmark]
+    columns, labels = section["columns"], section["labels"]
+    off = _protocol(_ours(results, "evaluate", benchmark), paper_protocol=False)
+    rows = [{"model": r.model, "quant": quant, "images": _images(r),
+             **dict(zip(labels, (_number(r.metrics.get(c)) for c in columns), strict=True)),
+             "differs from the paper's protocol": "; ".join(r.extra.get("protocol_deviations") or [
+                 "not recorded (evaluated before protocol checks: run evaluate again)"])}
+            for r, quant in zip(off, _quant_labels(off), strict=True)]
+    return _counts_as_integers(pd.DataFrame(rows, columns=["model", "quant", "images", *labels,
+                                                           "differs from the paper's protocol"]))
 
 
 def _gpu_label(result: Result) -> str:
