@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -18,6 +19,7 @@ from flux158.experiments import (
     evaluate,
     generate,
     latency,
+    preflight,
     processes,
     provenance,
     quantize,
@@ -39,6 +41,8 @@ STAGES["rehearsal"] = functools.partial(rehearsal.run, stages=STAGES)  # runs th
 EVERY_RANK = {"calibrate", "quantize", "encode", "generate"}
 # Stages that load the model's weights or find artifacts made from them: a hub revision is resolved to a commit first.
 USE_WEIGHTS = EVERY_RANK | {"evaluate", "latency"}
+# Errors of the disk or the file system, not of the code: one line, like a bad setting.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def _describe_run(cfg: DictConfig) -> None:
@@ -68,27 +72,43 @@ def _run_stages(cfg: DictConfig) -> None:
             return
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="config")
-def main(cfg: DictConfig) -> None:
+def execute(cfg: DictConfig) -> int:
+    """Run `cfg.stages`; returns the exit code: 0, or 2 after one logged line for an error the user can act on (a
+    bad setting, missing weights, a full disk). `HYDRA_FULL_ERROR=1` (Hydra's own switch) raises it instead."""
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         log.error("unknown stage(s) %s; available: %s", unknown, sorted(STAGES))
-        sys.exit(2)
+        return 2
     processes.start(cpu=cfg.get("device", "auto") == "cpu", timeout_hours=cfg.barrier_timeout_hours)
     _describe_run(cfg)
     torch.manual_seed(cfg.seed)
     try:
+        preflight.check(cfg)
         if USE_WEIGHTS.intersection(cfg.stages):
             resolve.pin_model_revision(cfg)
         _run_stages(cfg)
     except ShardsPending as e:  # not a failure: another job of the array goes on from here
         log.info("%s; this job's work is done", e)
     except Flux158Error as e:  # a message the user can act on; a stack trace would only hide it
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # Hydra's own switch for the full trace
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         log.error("%s", e)
-        sys.exit(2)
+        return 2
+    except OSError as e:
+        if e.errno not in DISK_ERRORS or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s: %s (every write is atomic: nothing was left half-written and finished work is kept; fix it "
+                  "and run the same command again)", e.strerror, e.filename)
+        return 2
     processes.finish()
+    return 0
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="config")
+def main(cfg: DictConfig) -> None:
+    code = execute(cfg)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

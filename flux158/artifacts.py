@@ -123,10 +123,10 @@ def atomic_write(path: Path, write: Callable[[Path], None], check: Callable[[Pat
         if check is not None:
             check(tmp)
         fsync_path(tmp)
+        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
     fsync_path(path.parent)
 
 

@@ -211,14 +211,7 @@ def test_the_readme_documents_trust_checkpoint():
     assert "--trust-checkpoint" in (REPO / "README.md").read_text()
 
 
-# 4. Every user error is one clean line --------------------------------------------------------------------------
-
-@pytest.mark.parametrize("shard", [["shard.index=5", "shard.count=2"], ["shard.count=0"]])
-def test_bad_shards_are_one_line(tmp_path, model_cache, mirror, shard):
-    proc = run_cli(*SMOKE, "stages=[generate]", *shard, env=_env(tmp_path, model_cache, mirror))
-    assert "must be in [0, shard.count=" in _one_clean_line(proc)
-    assert not (tmp_path / "out" / "generate").exists()
-
+# 4. Every user error is one clean line (the table of bad settings is tests/test_bad_settings.py) ----------------
 
 @pytest.mark.parametrize("setting", ["benchmark.samples_per_prompt=0", "benchmark.limit_per_group=-1", "batch_size=0"])
 def test_counts_below_one_are_refused_before_any_output(compose, setting):

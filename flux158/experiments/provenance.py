@@ -43,8 +43,9 @@ def checkout_commit(checkout: Path) -> str:
         commit = git("rev-parse", "HEAD").strip()
         diff = git("diff", "HEAD")
     except (OSError, subprocess.SubprocessError):
-        raise ConfigError(f"{checkout} is not a git checkout, so the evaluator code it holds cannot be identified; "
-                          "clone the upstream repository and check out the commit you mean") from None
+        raise ConfigError(f"benchmark.official_checkout={checkout} is not a git checkout, so the evaluator code it "
+                          "holds cannot be identified; clone the upstream repository and check out the commit you "
+                          "mean") from None
     return commit + (f"-dirty-{hashlib.sha256(diff.encode()).hexdigest()[:16]}" if diff else "")
 
 

@@ -28,7 +28,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from flux158.artifacts import atomic_write_text
 from flux158.errors import Flux158Error
 from flux158.experiments import artifact_dirs, processes, provenance, resolve, tracking
-from flux158.models import RandomFluxSpec
+from flux158.models import RandomFluxSpec, parse_dtype
+from flux158.models.random import weight_bytes
 from flux158.rehearsal import Measured, block_state_bytes, blockwise_plan, linear_plan, measure
 from flux158.rehearsal.plan import GB, Estimate, to_json, to_markdown
 
@@ -203,6 +204,22 @@ def _header(cfg: DictConfig, device: torch.device) -> dict:
             **{k: env[k] for k in ("git_commit", "torch") if k in env}}
 
 
+def _refuse_what_the_host_cannot_hold(cfg: DictConfig, device: torch.device) -> None:
+    """Without a GPU the random weights are built in host memory: refuse, before allocating, a model that would not
+    fit (FLUX.1-dev in BF16: 33.7 GB), rather than be killed by the kernel's OOM killer."""
+    if device.type == "cuda":
+        return
+    spec = resolve.model_spec(cfg)
+    need = weight_bytes(spec.configs, parse_dtype(cfg.model.dtype))
+    available = psutil.virtual_memory().available
+    if need > 0.8 * available:
+        raise Flux158Error(
+            f"experiment=rehearsal on {spec.architecture} needs a CUDA GPU: no GPU is visible, and its random weights "
+            f"alone ({need / GB:.1f} GB in {cfg.model.dtype}) would not fit this host's {available / GB:.1f} GB of "
+            "free memory; on a CPU rehearse the tiny architecture (model.spec.architecture=tiny sampler=tiny "
+            "model.dtype=float32)")
+
+
 def run(cfg: DictConfig, stages: Mapping[str, StageFn]) -> Path:
     """Rehearse every step not yet measured in this directory, then write the plan; returns the directory."""
     if not isinstance(resolve.model_spec(cfg), RandomFluxSpec):
@@ -212,6 +229,7 @@ def run(cfg: DictConfig, stages: Mapping[str, StageFn]) -> Path:
     if num_processes > 1:
         raise Flux158Error(f"experiment=rehearsal measures one GPU, but {num_processes} processes were launched: run "
                            "it with plain `python run.py experiment=rehearsal`")
+    _refuse_what_the_host_cannot_hold(cfg, device)
     out, determining = artifact_dirs.keyed_dir(cfg, ["rehearsal"], f"{cfg.model.name}-{provenance.gpu_name()}",
                                                ["model", "sampler", "calib", "rehearsal"],
                                                gpu=provenance.gpu_name())

@@ -101,6 +101,14 @@ def random_transformer(config: dict, device: torch.device, dtype: torch.dtype, s
     return model.eval()
 
 
+def weight_bytes(architecture: FluxArchitecture, dtype: torch.dtype) -> int:
+    """Bytes of the four networks' weights in `dtype`, counted on the meta device (nothing is allocated)."""
+    with torch.device("meta"):
+        networks = [meta_flux_transformer(architecture.transformer), T5EncoderModel(T5Config(**architecture.t5)),
+                    CLIPTextModel(CLIPTextConfig(**architecture.clip)), AutoencoderKL(**architecture.vae)]
+    return sum(p.numel() for network in networks for p in network.parameters()) * dtype.itemsize
+
+
 def random_pipeline(transformer_config: dict, device: torch.device, dtype: torch.dtype, tokenizer_dir: Path,
                     seed: int = 0, t5_config: dict = FLUX1_DEV_T5_CONFIG, clip_config: dict = FLUX1_DEV_CLIP_CONFIG,
                     vae_config: dict = FLUX1_DEV_VAE_CONFIG,
