@@ -4,6 +4,7 @@ ignored override."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def check(cfg: DictConfig) -> None:
                           f"(benchmark.evaluator: one of {EVALUATORS})")
     combine_shards(cfg.shard.index, cfg.shard.count, 0, 1)
     if stages & USES_CHECKPOINT and cfg.quant.get("checkpoint"):
-        _readable(cfg.quant.checkpoint, "quant.checkpoint", directory=True)
+        _quantized_checkpoint(cfg.quant.checkpoint)
     if stages & USES_EVALUATOR_FILES:
         if cfg.benchmark.get("detector_checkpoint"):
             _readable(cfg.benchmark.detector_checkpoint, "benchmark.detector_checkpoint", directory=False)
@@ -101,17 +102,14 @@ def _benchmark(cfg: DictConfig) -> None:
             raise ConfigError(f"benchmark.categories={list(categories)} selects T2I-CompBench categories, and "
                               f"benchmark={bench.name} has none: leave it null")
         unknown = [c for c in categories if c not in T2I_COMPBENCH_CATEGORIES]
-        if unknown or not categories:
-            raise ConfigError(f"benchmark.categories={list(categories)}: {unknown or 'none'} not a T2I-CompBench "
-                              f"category; choose from {list(T2I_COMPBENCH_CATEGORIES)}")
+        if not categories:
+            raise ConfigError(f"benchmark.categories=[] selects nothing: leave it null for all eight, or name some of "
+                              f"{list(T2I_COMPBENCH_CATEGORIES)}")
+        if unknown:
+            raise ConfigError(f"benchmark.categories={list(categories)}: {unknown} not a T2I-CompBench category; "
+                              f"choose from {list(T2I_COMPBENCH_CATEGORIES)}")
     if bench.get("evaluator") == "t2i_compbench":
-        from flux158.eval.t2i_compbench.scoring import Protocol
-
-        metrics = OmegaConf.to_container(bench.metrics) if bench.get("metrics") is not None else {}
-        try:
-            Protocol(metrics, bench.detector, bench.judge, bench.get("numeracy_parser") or "2024-11")
-        except ValueError as e:
-            raise ConfigError(f"benchmark.metrics/detector/judge/numeracy_parser: {e}") from None
+        _t2i_protocol(bench)
     for key in ("threshold", "counting_threshold"):
         value = bench.get(key)
         if value is not None and (not isinstance(value, int | float) or not 0 <= value <= 1):
@@ -119,6 +117,37 @@ def _benchmark(cfg: DictConfig) -> None:
     min_area = bench.get("min_area")
     if min_area is not None and (not isinstance(min_area, int) or min_area < 1):
         raise ConfigError(f"benchmark.min_area={min_area!r} must be a whole number of pixels >= 1")
+
+
+def _t2i_protocol(bench: DictConfig) -> None:
+    from flux158.eval.t2i_compbench.rules import NUMERACY_PARSERS
+    from flux158.eval.t2i_compbench.scoring import BACKENDS, METRIC_CHOICES
+
+    for category, metric in (OmegaConf.to_container(bench.metrics) if bench.get("metrics") else {}).items():
+        if category not in METRIC_CHOICES:
+            raise ConfigError(f"benchmark.metrics.{category}: not a T2I-CompBench category; choose from "
+                              f"{list(METRIC_CHOICES)}")
+        if metric not in METRIC_CHOICES[category]:
+            raise ConfigError(f"benchmark.metrics.{category}={metric!r}: {category} is scored with one of "
+                              f"{list(METRIC_CHOICES[category])}")
+    for key in ("detector", "judge"):
+        if bench.get(key) not in BACKENDS:
+            raise ConfigError(f"benchmark.{key}={bench.get(key)!r} is not a backend; choose one of {list(BACKENDS)}")
+    parser = bench.get("numeracy_parser")
+    if parser is not None and parser not in NUMERACY_PARSERS:
+        raise ConfigError(f"benchmark.numeracy_parser={parser!r} is not a parser; choose one of "
+                          f"{list(NUMERACY_PARSERS)}")
+
+
+def _quantized_checkpoint(value: str) -> None:
+    _readable(value, "quant.checkpoint", directory=True)
+    record = Path(str(value)).expanduser() / "quantization.json"
+    try:
+        json.loads(record.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"quant.checkpoint={value} is not a quantized checkpoint (no quantization.json)") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"quant.checkpoint={value}: its quantization.json is unreadable ({e})") from None
 
 
 def _readable(value: str, key: str, directory: bool) -> None:
