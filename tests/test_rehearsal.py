@@ -153,7 +153,7 @@ def test_rehearsal_refuses_a_model_with_real_weights(compose):
         rehearsal.run(compose("experiment=rehearsal", "model=tiny", "sampler=tiny", "logger=none"), {})
 
 
-def test_rehearsal_runs_every_stage_at_tiny_shapes(compose, tmp_path):
+def test_rehearsal_runs_every_stage_at_tiny_shapes(compose, tmp_path, mirror):  # mirror: it reads prompt files
     """The real stages, end to end, on the tiny architecture: what the GPU script runs at FLUX.1-dev's shapes."""
     from flux158.experiments import calibrate, evaluate, generate, quantize, rehearsal
 
