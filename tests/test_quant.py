@@ -119,3 +119,29 @@ def test_quantize_replaces_exactly_the_block_linears(config):
     with torch.no_grad():
         assert torch.allclose(model(**_inputs())[0], oracle(**_inputs())[0], atol=1e-5)
     assert block_linear_names(model) == []  # nothing left to quantize
+
+
+@pytest.mark.parametrize(("packing", "act"), [("2bit", None), ("2bit", "int8"), ("2bit", "fp8"), ("trit5", None)])
+def test_the_cpu_path_keeps_its_unpacked_codes_and_gives_the_references_bytes(packing, act):
+    """The CPU forward unpacks once and reuses the codes: the same bytes as the reference that unpacks on every call
+    (`kernels.ternary_linear(..., backend="reference")`), and new codes once `packed` is written."""
+    from flux158.kernels import ternary_linear
+    from flux158.kernels.reference import ternary_linear_dense
+
+    torch.manual_seed(0)
+    linear = nn.Linear(40, 24)
+    layer = TernaryLinear.from_linear(linear, TernaryConfig("twn", "channel", packing, act_bits=8 if act else 16,
+                                                            act_format=act or "int8"))
+    x = torch.randn(3, 5, 40)
+
+    def reference() -> torch.Tensor:
+        if packing == "2bit":
+            return ternary_linear(x, layer.packed, layer.scale, layer.bias, 40, act, "reference")
+        return ternary_linear_dense(x, layer.codes(), layer.scale, layer.bias, act)
+
+    assert torch.equal(layer(x), reference())
+    kept = layer._float_codes()
+    assert layer._float_codes() is kept  # not unpacked again
+    flipped = -layer.codes()
+    layer.packed.copy_(pack(flipped, packing))
+    assert torch.equal(layer._float_codes(), flipped.float()) and torch.equal(layer(x), reference())

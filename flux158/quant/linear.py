@@ -47,6 +47,8 @@ class TernaryLinear(nn.Module):
         self.register_buffer("lowrank_a", torch.empty(out_features, r, dtype=dtype, device=device) if r else None)
         self.register_buffer("lowrank_b", torch.empty(r, in_features, dtype=dtype, device=device) if r else None)
         self.backend = "auto"  # `flux158.kernels.ternary_linear` backend: auto, triton, unpack or reference
+        self._float_codes_of: tuple | None = None  # what `_float_codes` was unpacked from
+        self._float_codes_cache: torch.Tensor | None = None
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, config: TernaryConfig,
@@ -95,10 +97,21 @@ class TernaryLinear(nn.Module):
         weight = self.codes().to(torch.float32) * self.scale
         return (weight * self.in_scale if self.in_scale is not None else weight).to(dtype)
 
+    def _float_codes(self) -> torch.Tensor:
+        """The codes as float32 (out, in), unpacked once and kept until `packed` changes or moves: the CPU path's
+        weights. The reference unpacks and converts these same values on every call, so results are byte for byte
+        the same; the cost is 4 bytes per weight of host memory, on the CPU only."""
+        source = (self.packed.data_ptr(), self.packed._version, self.packed.device)
+        if self._float_codes_of != source:
+            self._float_codes_cache, self._float_codes_of = self.codes().to(torch.float32), source
+        return self._float_codes_cache
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = self.config.activations
         xs = x * self.in_scale.to(x.dtype) if self.in_scale is not None else x
-        if self.config.packing == "2bit":  # Triton on CUDA, the pure-torch reference elsewhere (`self.backend`)
+        if not xs.is_cuda and self.backend in ("auto", "reference"):  # the reference, on unpacked codes kept
+            y = ternary_linear_dense(xs, self._float_codes(), self.scale, self.bias, act)
+        elif self.config.packing == "2bit":  # Triton on CUDA (`self.backend`)
             y = ternary_linear(xs, self.packed, self.scale, self.bias, self.in_features, act, self.backend)
         else:
             y = ternary_linear_dense(xs, self.codes(), self.scale, self.bias, act)
