@@ -18,6 +18,8 @@ from flux158.errors import ConfigError
 from flux158.experiments.provenance import checkout_commit
 from flux158.experiments.resolve import model_spec, quant_config, require_positive
 from flux158.generation.layouts import LAYOUTS
+from flux158.models import HubFluxSpec, ToyWorldSource
+from flux158.models.hub import resolve_pretrained
 from flux158.sharding import combine_shards
 
 # FLUX packs 2x2 latent patches of the VAE's 8x-downsampled image: pixel sizes must be multiples of 16.
@@ -27,6 +29,7 @@ EVALUATORS = ("toyworld", "geneval", "t2i_compbench")
 # The stages that read each kind of input file.
 USES_CHECKPOINT = {"generate", "evaluate", "latency", "storage", "encode"}
 USES_EVALUATOR_FILES = {"evaluate"}
+LOADS_THE_MODEL = {"calibrate", "quantize", "encode", "generate", "latency"}
 
 
 def check(cfg: DictConfig) -> None:
@@ -45,6 +48,8 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"stages has evaluate, but benchmark={cfg.benchmark.name} has no evaluator "
                           f"(benchmark.evaluator: one of {EVALUATORS})")
     combine_shards(cfg.shard.index, cfg.shard.count, 0, 1)
+    if stages & LOADS_THE_MODEL:
+        _model_files(cfg)
     if stages & USES_CHECKPOINT and cfg.quant.get("checkpoint"):
         _quantized_checkpoint(cfg.quant.checkpoint)
     if stages & USES_EVALUATOR_FILES:
@@ -117,6 +122,16 @@ def _benchmark(cfg: DictConfig) -> None:
     min_area = bench.get("min_area")
     if min_area is not None and (not isinstance(min_area, int) or min_area < 1):
         raise ConfigError(f"benchmark.min_area={min_area!r} must be a whole number of pixels >= 1")
+
+
+def _model_files(cfg: DictConfig) -> None:
+    """A local model directory (FLUX in diffusers format, or a toy-world model) must hold a pipeline; a hub model is
+    checked when it is resolved (`resolve.pin_model_revision`), where the hub or its cache says what is missing."""
+    spec = model_spec(cfg)
+    if isinstance(spec, HubFluxSpec) and spec.is_local:
+        resolve_pretrained(spec)
+    elif isinstance(spec, ToyWorldSource):
+        spec.resolve()
 
 
 def _t2i_protocol(bench: DictConfig) -> None:
