@@ -298,3 +298,19 @@ def test_evaluate_refuses_a_folder_that_lost_images_after_generate(compose):
     assert (lost / "samples" / "0002.png").read_bytes() == kept
     metrics = json.loads((evaluate.run(cfg) / "metrics.json").read_text())
     assert metrics["num_images"] == 24
+
+
+def test_a_killed_writers_sidecar_temp_file_is_swept_when_generation_resumes(compose):
+    """A rank killed while writing a prompt's metadata.jsonl leaves its temp file; the relaunch that resumes the
+    shard removes it (seen once in the SIGKILL test above, when the kill landed on a sidecar write)."""
+    from flux158.experiments import generate
+
+    cfg = compose("experiment=toyworld", "benchmark.per_tag=1", "benchmark.samples_per_prompt=1", "logger=none")
+    images = generate.run(cfg)
+    host = socket.gethostname().replace(".", "_")
+    leftover = images / "00003" / f"metadata.jsonl.{host}-{_dead_pid()}-0000aaaa.partial"
+    leftover.write_text("{")
+    (images / "00003" / "samples" / "0000.png").unlink()
+    (images / ".done").unlink()
+    generate.run(cfg)
+    assert not leftover.exists() and (images / "00003" / "samples" / "0000.png").exists()

@@ -145,6 +145,7 @@ def generate_images(
     with batched_modulation_in_pipeline(pipe) if batched_modulation else nullcontext():
         for item in items:
             for path, text in layout.sidecar_files(item).items():
+                remove_stale_partials(path)  # a killed rank may have been writing it
                 if not path.exists() or path.read_text() != text:
                     atomic_write_text(path, text)
             for chunk in chunks:
