@@ -73,12 +73,17 @@ def mirror(prompt_files) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pinned_text(mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
-    """The text of a pinned benchmark file, found in the mirror by its sha256 (whatever its name there)."""
+def pinned_path(mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """A pinned benchmark file, found in the mirror by its sha256 (whatever its name there)."""
     from flux158.data.pinned import fetch
 
     cache = tmp_path_factory.mktemp("pinned")
-    return lambda pinned: fetch(pinned, cache, [mirror], offline=True).read_text()
+    return lambda pinned: fetch(pinned, cache, [mirror], offline=True)
+
+
+@pytest.fixture(scope="session")
+def pinned_text(pinned_path) -> Callable[..., str]:
+    return lambda pinned: pinned_path(pinned).read_text()
 
 
 @pytest.fixture(scope="session")

@@ -348,7 +348,8 @@ def test_tiny_model_plumbing_run_scores_all_eight_categories_with_random_evaluat
     assert metrics["evaluator"]["metrics"]["complex"] == "3-in-1 (2D native)"
 
 
-def test_cli_scores_with_the_native_detector_and_shrunk_models(tmp_path, capsys, mirror):
+def test_cli_scores_with_the_native_detector_and_shrunk_models(tmp_path, capsys, pinned_path):
+    from flux158.data.sources import T2I_NUMERACY_OBJECTS, UNIDET_LABELS
     from flux158.eval.t2i_compbench.__main__ import main
 
     category = tmp_path / "numeracy"
@@ -356,17 +357,19 @@ def test_cli_scores_with_the_native_detector_and_shrunk_models(tmp_path, capsys,
     args = [str(category), "--category", "numeracy", "--samples", "2", "--detector", "native"]
     assert main(args) == 2
     assert "needs --numeracy-objects" in capsys.readouterr().err
-    args += ["--numeracy-objects", str(mirror / "t2i_compbench" / "dataset" / "new_objects.txt")]
+    args += ["--numeracy-objects", str(pinned_path(T2I_NUMERACY_OBJECTS))]
     assert main(args) == 2
     assert "needs --unidet-labels" in capsys.readouterr().err
-    args += ["--unidet-labels", str(mirror / "t2i_compbench" / "unidet_detection_features_labels_722.txt")]
+    args += ["--unidet-labels", str(pinned_path(UNIDET_LABELS))]
     assert main([*args, "--random-weights"]) == 0
     assert "numeracy (unidet-count (native)):" in capsys.readouterr().out
     written = json.loads((category / "t2i_compbench" / "metrics.json").read_text())
     assert written["num_images"] == 2 and 0.0 <= written["score"] <= 1.0
 
 
-def test_cli_and_stage_write_the_same_metrics_for_the_same_folder(compose, tmp_path, mirror):
+def test_cli_and_stage_write_the_same_metrics_for_the_same_folder(compose, tmp_path, pinned_path):
+    from flux158.data.sources import T2I_NUMERACY_OBJECTS, UNIDET_LABELS
+
     """One evaluator object behind both: the stage's metrics.json, less its provenance, equals the CLI's."""
     from flux158.eval.t2i_compbench.__main__ import main
     from flux158.experiments import evaluate, generate, provenance
@@ -375,13 +378,12 @@ def test_cli_and_stage_write_the_same_metrics_for_the_same_folder(compose, tmp_p
                   "benchmark.samples_per_prompt=2", "benchmark.categories=[color,numeracy,spatial,non_spatial]")
     images = generate.run(cfg)
     stage = json.loads((evaluate.run(cfg) / "metrics.json").read_text())
-    dataset = mirror / "t2i_compbench" / "dataset"
     assert main([str(images), "--random-weights", "--seed", str(cfg.seed), "--samples", "2", "--out",
-                 str(tmp_path / "cli"), "--numeracy-objects", str(dataset / "new_objects.txt"),
-                 "--unidet-labels", str(mirror / "t2i_compbench" / "unidet_detection_features_labels_722.txt")]) == 0
+                 str(tmp_path / "cli"), "--numeracy-objects", str(pinned_path(T2I_NUMERACY_OBJECTS)),
+                 "--unidet-labels", str(pinned_path(UNIDET_LABELS))]) == 0
     cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     provenance_fields = {"model", "quant", "benchmark", "config_hash", "images_dir", "random_weights",
-                         *provenance.environment()}
+                         "paper_protocol", "protocol_deviations", "pairing_key", *provenance.environment()}
     assert {k: v for k, v in stage.items() if k not in provenance_fields} == cli
     assert set(cli["metrics"]) == {"color", "numeracy", "spatial", "non_spatial", "average"}
     assert cli["num_images"] == 8 and cli["evaluator"]["numeracy_parser"] == "2024-11"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pytest
 import torch
@@ -240,8 +242,11 @@ out.write_text(json.dumps([{"question_id": int(n.rsplit("_", 1)[1][:-4]), "answe
 
 
 def _fake_checkout(root, script, result):
+    """A git checkout (the stage keys an official checkout by its commit) holding one fake upstream script."""
     (root / "UniDet_eval").mkdir(parents=True)
     (root / "UniDet_eval" / script).write_text(f"RESULT = {result!r}\n" + FAKE_SCRIPT)
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True)
     return root
 
 
