@@ -144,7 +144,7 @@ def generate_artifact(cfg: DictConfig) -> tuple[Path, dict]:
 def pairing_key(cfg: DictConfig) -> str:
     """What a variant's images share with the BF16 images they are compared with: the generate key without the
     quantization (model, sampler, seeds, benchmark, prompts). Image grids put side by side only equal keys."""
-    return config_hash(content_keys(cfg, {k: _plain(OmegaConf.select(cfg, k)) for k in GENERATE_KEYS if k != "quant"}))
+    return config_hash(keyed_dir(cfg, [], "", [k for k in GENERATE_KEYS if k != "quant"])[1])
 
 
 def evaluate_artifact(cfg: DictConfig) -> tuple[Path, dict]:

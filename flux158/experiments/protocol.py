@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from flux158.data.sources import T2I_COMPBENCH_CATEGORIES
+from flux158.eval.t2i_compbench.scoring import PAPER_METRICS
 
 # FLUX.1-dev at 1024², 50 steps, guidance 3.5 (paper §4, Table 3), every prompt, the real evaluator models.
 _COMMON = {
@@ -29,11 +30,7 @@ PAPER_PROTOCOL: dict[str, dict[str, Any]] = {
     # T2I-CompBench val @33d6305: 8 categories x 300 prompts x 10 images, the paper's metric per category (Table 1)
     "t2i_compbench": {**_COMMON, "benchmark.prompt_set": "t2i_compbench_val", "benchmark.samples_per_prompt": 10,
                       "benchmark.categories": list(T2I_COMPBENCH_CATEGORIES), "benchmark.detector": "official",
-                      "benchmark.judge": "official",
-                      "benchmark.metrics": {"color": "b-vqa", "shape": "b-vqa", "texture": "b-vqa",
-                                            "spatial": "unidet-2d", "3d_spatial": "unidet-3d",
-                                            "numeracy": "unidet-count", "non_spatial": "s-cot",
-                                            "complex": "s-cot"}},
+                      "benchmark.judge": "official", "benchmark.metrics": dict(PAPER_METRICS)},
 }
 
 
